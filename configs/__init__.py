@@ -1,0 +1,1 @@
+"""Plain, frozen configuration data: model presets and speedrun tracks."""

@@ -1,0 +1,95 @@
+"""Model presets as frozen dataclasses (SPEC section 1)."""
+
+import dataclasses
+from dataclasses import dataclass
+
+MLP_KINDS = ("swiglu", "relu2")
+DTYPES = ("float32", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot describe a model; the message is one line with the fix."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_ff: int
+    vocab_size: int
+    max_seq_len: int
+    mlp: str = "swiglu"
+    fused_qkvo: bool = False
+    rope_base: float = 10000.0
+    init_std: float = 0.02
+    # float32 for parity, bfloat16 for speed; parameters stay param_dtype.
+    compute_dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    def __post_init__(self):
+        for field in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "max_seq_len"):
+            if getattr(self, field) <= 0:
+                raise ConfigError(f"{field}={getattr(self, field)} must be positive")
+        if self.d_model % self.n_heads:
+            raise ConfigError(
+                f"n_heads={self.n_heads} does not divide d_model={self.d_model}; choose a divisor of d_model"
+            )
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(
+                f"n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}; choose a divisor for GQA"
+            )
+        if self.head_dim % 2:
+            raise ConfigError(f"head_dim={self.head_dim} must be even for interleaved RoPE; change d_model or n_heads")
+        if self.mlp not in MLP_KINDS:
+            raise ConfigError(f"unknown mlp {self.mlp!r}; choose one of {', '.join(MLP_KINDS)}")
+        for field in ("compute_dtype", "param_dtype"):
+            if getattr(self, field) not in DTYPES:
+                raise ConfigError(f"unknown {field} {getattr(self, field)!r}; choose one of {', '.join(DTYPES)}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.n_kv_heads * self.head_dim
+
+    def replace(self, **changes) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+
+PRESETS = {
+    "blueberry-151m": ModelConfig(
+        name="blueberry-151m", d_model=512, n_layers=32, n_heads=8, n_kv_heads=4,
+        d_ff=2048, vocab_size=49152, max_seq_len=2048, mlp="swiglu",
+    ),
+    "blueberry-88m": ModelConfig(
+        name="blueberry-88m", d_model=512, n_layers=22, n_heads=8, n_kv_heads=4,
+        d_ff=2048, vocab_size=49152, max_seq_len=2048, mlp="relu2",
+    ),
+    # CPU test model: every code path of the big ones at a size the tests run in seconds.
+    "tiny": ModelConfig(
+        name="tiny", d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
+        d_ff=256, vocab_size=512, max_seq_len=128, mlp="swiglu",
+    ),
+    # CPU smoke speedrun model: small, but with the real 49152-token vocabulary so it trains on real data.
+    "small": ModelConfig(
+        name="small", d_model=128, n_layers=4, n_heads=4, n_kv_heads=2,
+        d_ff=512, vocab_size=49152, max_seq_len=2048, mlp="swiglu",
+    ),
+}
+
+# Parameter-count bands that make a run eligible for a leaderboard (SPEC section 3).
+ELIGIBILITY_BANDS = {
+    "blueberry-151m": (143_450_000, 158_550_000),
+    "blueberry-88m": (88_630_528 * 0.95, 88_630_528 * 1.05),
+}
+
+
+def get_model_config(name: str, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**overrides) if overrides else PRESETS[name]

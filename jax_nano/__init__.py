@@ -1,0 +1,1 @@
+"""jax-nano: the Blueberry-Nano GPT speedrun in JAX/Flax NNX."""

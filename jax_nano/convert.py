@@ -1,0 +1,127 @@
+"""Lossless conversion between an upstream PyTorch `state_dict` and jax-nano parameters.
+
+Both directions only transpose (torch Linear is (out, in), a Flax kernel (in, out)) and stack or unstack
+the layer axis, so a round trip is bit-exact in any dtype.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import torch
+from flax import nnx
+
+from configs.model import ModelConfig
+
+
+class ConversionError(ValueError):
+    """A state_dict that does not fit the config; the message is one line."""
+
+
+def _block_params(cfg: ModelConfig):
+    """(torch name inside a block, jax path under transformer_blocks, is a linear weight)."""
+    if cfg.fused_qkvo:
+        attn = [("attention.qkvo_proj", ("attention", "qkvo_proj"), True)]
+    else:
+        names = ("q_proj", "k_proj", "v_proj", "w_o")
+        attn = [(f"attention.{n}.weight", ("attention", n, "kernel"), True) for n in names]
+    attn += [(f"attention.{n}.weight", ("attention", n, "scale"), False) for n in ("q_norm", "k_norm")]
+    mlp_names = ("gate_proj", "up_proj", "down_proj") if cfg.mlp == "swiglu" else ("up_proj", "down_proj")
+    mlp = [(f"feed_forward.{n}.weight", ("feed_forward", n, "kernel"), True) for n in mlp_names]
+    norms = [(f"{n}.weight", (n, "scale"), False) for n in ("norm1", "norm2")]
+    return attn + mlp + norms
+
+
+def _set(tree: dict, path, value):
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def _get(tree: dict, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    # numpy has no bfloat16; go through jnp, which has it, without changing a bit.
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return np.asarray(jnp.asarray(t.view(torch.int16).numpy()).view(jnp.bfloat16))
+    return t.numpy()
+
+
+def _to_torch(a) -> torch.Tensor:
+    a = np.asarray(a)
+    if a.dtype == jnp.bfloat16:
+        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+    return torch.from_numpy(a.copy())
+
+
+def expected_torch_shapes(cfg: ModelConfig) -> dict:
+    d, kv, f = cfg.d_model, cfg.kv_dim, cfg.d_ff
+    shapes = {"attention.qkvo_proj": (2 * d + 2 * kv, d), "attention.q_proj.weight": (d, d),
+              "attention.k_proj.weight": (kv, d), "attention.v_proj.weight": (kv, d), "attention.w_o.weight": (d, d),
+              "attention.q_norm.weight": (cfg.head_dim,), "attention.k_norm.weight": (cfg.head_dim,),
+              "feed_forward.gate_proj.weight": (f, d), "feed_forward.up_proj.weight": (f, d),
+              "feed_forward.down_proj.weight": (d, f), "norm1.weight": (d,), "norm2.weight": (d,)}
+    out = {"token_embedding.weight": (cfg.vocab_size, d), "norm.weight": (d,)}
+    for i in range(cfg.n_layers):
+        for name, _, _ in _block_params(cfg):
+            out[f"transformer_blocks.{i}.{name}"] = shapes[name]
+    return out
+
+
+def check_state_dict(state_dict: dict, cfg: ModelConfig) -> None:
+    expected = expected_torch_shapes(cfg)
+    missing = [k for k in expected if k not in state_dict]
+    if missing:
+        raise ConversionError(
+            f"state_dict lacks {missing[0]} ({len(missing)} tensors missing) for model {cfg.name!r} "
+            f"(fused_qkvo={cfg.fused_qkvo}, mlp={cfg.mlp}); load it with the config it was saved from"
+        )
+    allowed = set(expected) | {"lm_head.weight"}
+    unexpected = [k for k in state_dict if k not in allowed]
+    if unexpected:
+        raise ConversionError(f"state_dict has unexpected tensor {unexpected[0]} for model {cfg.name!r}; wrong preset?")
+    for name, shape in expected.items():
+        if tuple(state_dict[name].shape) != shape:
+            raise ConversionError(
+                f"tensor {name} has shape {tuple(state_dict[name].shape)}, model {cfg.name!r} needs {shape}"
+            )
+    head = state_dict.get("lm_head.weight")
+    if head is not None and not torch.equal(head, state_dict["token_embedding.weight"]):
+        raise ConversionError("lm_head.weight differs from token_embedding.weight; the head must be tied")
+
+
+def torch_to_jax(state_dict: dict, cfg: ModelConfig) -> dict:
+    """Upstream `state_dict` -> nested dict of arrays in the layout of `nnx.state(GPT(cfg), nnx.Param)`."""
+    check_state_dict(state_dict, cfg)
+    params = {"token_embedding": {"embedding": _to_numpy(state_dict["token_embedding.weight"])},
+              "norm": {"scale": _to_numpy(state_dict["norm.weight"])}}
+    for name, path, is_linear in _block_params(cfg):
+        layers = [_to_numpy(state_dict[f"transformer_blocks.{i}.{name}"]) for i in range(cfg.n_layers)]
+        _set(params, ("transformer_blocks",) + path, np.stack([w.T if is_linear else w for w in layers]))
+    return params
+
+
+def jax_to_torch(params, cfg: ModelConfig) -> dict:
+    """jax-nano parameters -> upstream `state_dict` (with the tied `lm_head.weight`), loadable with strict=True."""
+    if isinstance(params, nnx.State):
+        params = params.to_pure_dict()
+    embedding = _to_torch(params["token_embedding"]["embedding"])
+    state_dict = {"token_embedding.weight": embedding, "lm_head.weight": embedding,
+                  "norm.weight": _to_torch(params["norm"]["scale"])}
+    for name, path, is_linear in _block_params(cfg):
+        stacked = np.asarray(_get(params["transformer_blocks"], path))
+        for i in range(cfg.n_layers):
+            state_dict[f"transformer_blocks.{i}.{name}"] = _to_torch(stacked[i].T if is_linear else stacked[i])
+    return state_dict
+
+
+def load_params(model: nnx.Module, params: dict) -> None:
+    """Put a nested dict of arrays (e.g. from `torch_to_jax`) into a model, in place, keeping its dtypes."""
+    state = nnx.state(model, nnx.Param)
+    state.replace_by_pure_dict(
+        params, replace_fn=lambda old, new: old.replace(jnp.asarray(new, old.get_value().dtype))
+    )
+    nnx.update(model, state)

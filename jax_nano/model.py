@@ -1,0 +1,173 @@
+"""The Blueberry-Nano decoder in Flax NNX (SPEC section 1).
+
+Blocks are created with `nnx.vmap` so every block parameter carries a leading layer axis, and run with
+`nnx.scan`, so the compiled program holds one block whatever the depth. Parameter names mirror the
+upstream PyTorch model (`torch_ref/model.py`) so conversion is a rename plus a transpose.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from configs.model import ModelConfig
+
+# What PyTorch's RMSNorm uses when no eps is given: float32 machine epsilon.
+RMS_EPS = float(jnp.finfo(jnp.float32).eps)
+
+
+def _dtype(name: str):
+    return jnp.dtype(name)
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, cfg: ModelConfig):
+        self.scale = nnx.Param(jnp.ones((dim,), _dtype(cfg.param_dtype)))
+
+    def __call__(self, x):
+        # Statistics in float32 whatever the compute dtype, as PyTorch does for float32 inputs.
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + RMS_EPS)
+        return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def _linear(d_in: int, d_out: int, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Linear:
+    return nnx.Linear(
+        d_in, d_out, use_bias=False, dtype=_dtype(cfg.compute_dtype), param_dtype=_dtype(cfg.param_dtype),
+        kernel_init=nnx.initializers.normal(cfg.init_std), rngs=rngs,
+    )
+
+
+def rope_tables(seq_len: int, head_dim: int, base: float):
+    """cos/sin of shape (T, head_dim/2): pair i of every head turns by pos * base**(-2i/head_dim)."""
+    inv_freq = base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles_TP = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+    return jnp.cos(angles_TP), jnp.sin(angles_TP)
+
+
+def apply_rope(x_BTNH, cos_TP, sin_TP):
+    """Interleaved RoPE: dims (0,1), (2,3), ... rotate together (not the rotate-half layout)."""
+    x = x_BTNH.astype(jnp.float32).reshape(*x_BTNH.shape[:-1], -1, 2)
+    x0, x1 = x[..., 0], x[..., 1]
+    cos, sin = cos_TP[None, :, None, :], sin_TP[None, :, None, :]
+    out = jnp.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], axis=-1)
+    return out.reshape(x_BTNH.shape).astype(x_BTNH.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, kv = cfg.d_model, cfg.kv_dim
+        if cfg.fused_qkvo:
+            # Upstream's single (q|k|v|o) matrix; stored (in, out) like every Flax kernel.
+            init = nnx.initializers.normal(cfg.init_std)
+            self.qkvo_proj = nnx.Param(init(rngs.params(), (d, 2 * d + 2 * kv), _dtype(cfg.param_dtype)))
+        else:
+            self.q_proj = _linear(d, d, cfg, rngs)
+            self.k_proj = _linear(d, kv, cfg, rngs)
+            self.v_proj = _linear(d, kv, cfg, rngs)
+            self.w_o = _linear(d, d, cfg, rngs)
+        self.q_norm = RMSNorm(cfg.head_dim, cfg)
+        self.k_norm = RMSNorm(cfg.head_dim, cfg)
+
+    def _project(self, x_BTD):
+        cfg = self.cfg
+        if not cfg.fused_qkvo:
+            return self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD), self.w_o
+        w_DE = self.qkvo_proj[...].astype(x_BTD.dtype)
+        qkv = x_BTD @ w_DE[:, : cfg.d_model + 2 * cfg.kv_dim]
+        q, k, v = jnp.split(qkv, [cfg.d_model, cfg.d_model + cfg.kv_dim], axis=-1)
+        w_o_DD = w_DE[:, cfg.d_model + 2 * cfg.kv_dim :]
+        return q, k, v, lambda a: a @ w_o_DD
+
+    def __call__(self, x_BTD, cos_TP, sin_TP):
+        cfg = self.cfg
+        B, T, _ = x_BTD.shape
+        q, k, v, out_proj = self._project(x_BTD)
+        q_BTNH = apply_rope(self.q_norm(q.reshape(B, T, cfg.n_heads, cfg.head_dim)), cos_TP, sin_TP)
+        k_BTKH = apply_rope(self.k_norm(k.reshape(B, T, cfg.n_kv_heads, cfg.head_dim)), cos_TP, sin_TP)
+        v_BTKH = v.reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
+        # cuDNN's fused kernel wants half precision on a GPU; XLA's path covers float32 and the CPU.
+        use_cudnn = jax.default_backend() == "gpu" and q_BTNH.dtype in (jnp.bfloat16, jnp.float16)
+        a_BTNH = jax.nn.dot_product_attention(
+            q_BTNH, k_BTKH, v_BTKH, scale=1.0 / math.sqrt(cfg.head_dim), is_causal=True,
+            implementation="cudnn" if use_cudnn else "xla",
+        )
+        return out_proj(a_BTNH.reshape(B, T, cfg.d_model))
+
+
+class FeedForward(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.swiglu = cfg.mlp == "swiglu"
+        if self.swiglu:
+            self.gate_proj = _linear(cfg.d_model, cfg.d_ff, cfg, rngs)
+        self.up_proj = _linear(cfg.d_model, cfg.d_ff, cfg, rngs)
+        self.down_proj = _linear(cfg.d_ff, cfg.d_model, cfg, rngs)
+
+    def __call__(self, x_BTD):
+        if self.swiglu:
+            h_BTF = jax.nn.silu(self.gate_proj(x_BTD)) * self.up_proj(x_BTD)
+        else:
+            h_BTF = jnp.square(jax.nn.relu(self.up_proj(x_BTD)))
+        return self.down_proj(h_BTF)
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.attention = Attention(cfg, rngs)
+        self.feed_forward = FeedForward(cfg, rngs)
+        self.norm1 = RMSNorm(cfg.d_model, cfg)
+        self.norm2 = RMSNorm(cfg.d_model, cfg)
+
+    def __call__(self, x_BTD, cos_TP, sin_TP):
+        x_BTD = x_BTD + self.attention(self.norm1(x_BTD), cos_TP, sin_TP)
+        return x_BTD + self.feed_forward(self.norm2(x_BTD))
+
+
+class GPT(nnx.Module):
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.token_embedding = nnx.Embed(
+            cfg.vocab_size, cfg.d_model, dtype=_dtype(cfg.compute_dtype), param_dtype=_dtype(cfg.param_dtype),
+            embedding_init=nnx.initializers.normal(cfg.init_std), rngs=rngs,
+        )
+
+        @nnx.split_rngs(splits=cfg.n_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_blocks(rngs):
+            return Block(cfg, rngs)
+
+        self.transformer_blocks = make_blocks(rngs)
+        self.norm = RMSNorm(cfg.d_model, cfg)
+
+    def hidden(self, ids_BT):
+        """Final normalized hidden states (B, T, D), before the tied LM head."""
+        cfg = self.cfg
+        cos_TP, sin_TP = rope_tables(ids_BT.shape[1], cfg.head_dim, cfg.rope_base)
+        x_BTD = self.token_embedding(ids_BT) * jnp.asarray(math.sqrt(cfg.d_model), _dtype(cfg.compute_dtype))
+
+        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+        def run_blocks(x_BTD, block):
+            return block(x_BTD, cos_TP, sin_TP)
+
+        return self.norm(run_blocks(x_BTD, self.transformer_blocks))
+
+    def __call__(self, ids_BT):
+        """Logits (B, T, V) through the LM head tied to the token embedding."""
+        return self.token_embedding.attend(self.hidden(ids_BT))
+
+
+def loss_fn(model: GPT, ids_BT):
+    """Mean next-token cross-entropy over all B*(T-1) positions; labels are the inputs shifted by one."""
+    logits_BTV = model(ids_BT)[:, :-1].astype(jnp.float32)
+    labels_BT = ids_BT[:, 1:]
+    logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
+    picked_BT = jnp.take_along_axis(logits_BTV, labels_BT[..., None], axis=-1)[..., 0]
+    return jnp.mean(logz_BT - picked_BT)
+
+
+def count_params(cfg: ModelConfig) -> int:
+    """Parameter count from shapes alone: `jax.eval_shape` allocates nothing."""
+    state = jax.eval_shape(lambda: nnx.state(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+    return sum(math.prod(x.shape) for x in jax.tree.leaves(state))

@@ -1,0 +1,1 @@
+"""The PyTorch reference of jax-nano: the upstream Blueberry-Nano recipe, the yardstick for parity."""
