@@ -1,0 +1,481 @@
+"""Token stores and the deterministic loader shared by the JAX and PyTorch trainers.
+
+A store is a directory with `tokens.bin` (flat little-endian uint16 token ids, rows of
+`seq_len` tokens back to back) and `header.json`. Everything here works on numpy arrays only,
+so batch k is bit-identical whichever framework asks for it. `datasets`, `tokenizers` and
+`gguf` are imported lazily: the GPU machine has only numpy.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import queue
+import shutil
+import socket
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE = "sample"
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
+HUB_DATASET = "vukrosic/blueberry-1B-pretrain"
+FORMAT = "jax-nano-tokens/1"
+VAL_FRACTION = 0.1
+SPLIT_SEED = 42
+
+_TOKENS, _HEADER = "tokens.bin", "header.json"
+_DTYPE = np.dtype("<u2")
+_HASH_CHUNK = 1 << 24
+_OFFLINE_HINT = "python scripts/prepare_data.py --source offline"
+_FALSE = ("", "0", "false", "False", "FALSE", "no", "off")
+_REQUIRED_KEYS = ("format", "vocab_size", "seq_len", "n_tokens", "n_rows", "sha256", "val_fraction", "split_seed")
+
+
+class DataError(Exception):
+    """A one-line, user-facing message naming the problem and the fix."""
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def refuse_existing(out, overwrite: bool) -> None:
+    """Raise before any work if `out` holds something we were not asked to replace."""
+    out = Path(out)
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not (out / _HEADER).is_file():  # --overwrite replaces stores only, never an arbitrary directory
+        raise DataError(f"{out} exists and is not a token store; choose another --out")
+    if not overwrite:
+        raise DataError(f"{out} already exists; pass overwrite=True (--overwrite) or choose another --out")
+
+
+def write_store(
+    out_dir,
+    tokens_iter_or_array,
+    *,
+    seq_len: int,
+    vocab_size: int,
+    source: str,
+    tokenizer: str,
+    extra: dict | None = None,
+    overwrite: bool = False,
+) -> dict:
+    """Stream token chunks into a new store and return its header.
+
+    Chunks are concatenated; the final partial row is dropped. The store is built in a sibling
+    temp directory and renamed into place only when complete, so a failure (bad ids, empty
+    input, Ctrl-C) never leaves a half-written store or touches an existing one.
+    """
+    if not 0 < vocab_size <= 1 << 16:
+        raise DataError(f"vocab_size {vocab_size} does not fit the uint16 store format (max 65536)")
+    if seq_len <= 0:
+        raise DataError(f"seq_len must be positive, got {seq_len}")
+    out = Path(out_dir)
+    refuse_existing(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        sha, n_tokens, n_dropped = _write_tokens(tmp / _TOKENS, tokens_iter_or_array, seq_len, vocab_size)
+        if n_tokens == 0:
+            raise DataError(f"no complete row of {seq_len} tokens in the input ({n_dropped} tokens); nothing written")
+        header = {
+            "format": FORMAT,
+            "dtype": "uint16",
+            "vocab_size": int(vocab_size),
+            "seq_len": int(seq_len),
+            "n_tokens": n_tokens,
+            "n_rows": n_tokens // seq_len,
+            "dropped_tail_tokens": n_dropped,
+            "source": source,
+            "tokenizer": tokenizer,
+            "sha256": sha,
+            "val_fraction": VAL_FRACTION,
+            "split_seed": SPLIT_SEED,
+            "created_by": "jax_nano.data.write_store",
+            "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            **(extra or {}),
+        }
+        (tmp / _HEADER).write_text(json.dumps(header, indent=2) + "\n")
+        refuse_existing(out, overwrite)  # the input may have taken hours; re-check before replacing
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+        return header
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _chunks(tokens) -> Iterable[np.ndarray]:
+    if isinstance(tokens, np.ndarray):
+        yield tokens.reshape(-1)
+    else:
+        for chunk in tokens:
+            yield np.asarray(chunk).reshape(-1)
+
+
+def _write_tokens(path: Path, tokens, seq_len: int, vocab_size: int) -> tuple[str, int, int]:
+    """Write only whole rows (so the hash covers exactly what is kept); return (sha256, n_written, n_dropped)."""
+    sha, n, carry = hashlib.sha256(), 0, np.empty(0, _DTYPE)
+    with open(path, "wb") as f:
+        for chunk in _chunks(tokens):
+            if chunk.size == 0:
+                continue
+            if chunk.dtype.kind not in "iu":
+                raise DataError(f"token ids must be integers, got dtype {chunk.dtype}")
+            lo, hi = int(chunk.min()), int(chunk.max())
+            if lo < 0 or hi >= vocab_size:
+                bad = hi if hi >= vocab_size else lo
+                raise DataError(f"token id {bad} is outside the vocabulary [0, {vocab_size}); wrong tokenizer or vocab")
+            buf = np.concatenate([carry, chunk.astype(_DTYPE)])
+            keep = buf.size - buf.size % seq_len
+            data = buf[:keep].tobytes()
+            f.write(data)
+            sha.update(data)
+            n += keep
+            carry = buf[keep:]
+    return sha.hexdigest(), n, int(carry.size)
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _resolve(path_or_name) -> Path:
+    if str(path_or_name) == SAMPLE:
+        return SAMPLE_DIR
+    return Path(path_or_name)
+
+
+def _read_header(path: Path) -> dict:
+    hp = path / _HEADER
+    if not hp.is_file():
+        raise DataError(f"{path} is not a token store (no {_HEADER}); build one with python scripts/prepare_data.py")
+    try:
+        header = json.loads(hp.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(
+            f"{hp} is not valid JSON ({e.__class__.__name__}); rebuild the store with prepare_data"
+        ) from None
+    missing = [k for k in _REQUIRED_KEYS if k not in header] if isinstance(header, dict) else list(_REQUIRED_KEYS)
+    if missing:
+        raise DataError(f"{hp} lacks {', '.join(missing)}; rebuild the store with scripts/prepare_data.py")
+    if header["format"] != FORMAT:
+        raise DataError(f"{hp} has format {header['format']!r}, this code reads {FORMAT!r}; rebuild the store")
+    if header["n_tokens"] != header["n_rows"] * header["seq_len"] or header["n_rows"] <= 0:
+        raise DataError(f"{hp} is inconsistent: n_tokens != n_rows * seq_len; rebuild the store")
+    return header
+
+
+def sha256_file(path: Path) -> str:
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_CHUNK):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def split_rows(
+    n_rows: int, val_fraction: float = VAL_FRACTION, seed: int = SPLIT_SEED
+) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) native row indices.
+
+    This is the algorithm of `datasets.Dataset.train_test_split(test_size=val_fraction, seed=seed)`
+    (a default_rng(seed) permutation, the first ceil(n * fraction) rows are the test split), so
+    on the same rows it selects the same train and validation rows, in the same order.
+    """
+    n_val = int(np.ceil(val_fraction * n_rows))
+    perm = np.random.default_rng(seed).permutation(n_rows)
+    return perm[n_val:], perm[:n_val]
+
+
+class TokenStore:
+    """A memory-mapped store seen as `seq_len` windows; `train_rows`/`val_rows` count windows.
+
+    The split is made on the store's native rows before they are cut into windows, so no
+    window of a validation row ever appears in training.
+    """
+
+    def __init__(self, path: Path, header: dict, seq_len: int):
+        self.path, self.header = path, header
+        self.vocab_size = int(header["vocab_size"])
+        self.native_seq_len = int(header["seq_len"])
+        self.seq_len = int(seq_len)
+        self.windows_per_row = self.native_seq_len // self.seq_len
+        self.n_tokens = int(header["n_tokens"])
+        self._windows = np.memmap(path / _TOKENS, dtype=_DTYPE, mode="r").reshape(-1, self.seq_len)
+        train, val = split_rows(int(header["n_rows"]), header["val_fraction"], header["split_seed"])
+        self._split = {"train": train, "val": val}
+        self.train_rows = len(train) * self.windows_per_row
+        self.val_rows = len(val) * self.windows_per_row
+
+    def __repr__(self) -> str:
+        return f"TokenStore({str(self.path)!r}, seq_len={self.seq_len}, train={self.train_rows}, val={self.val_rows})"
+
+    def rows(self, split: str, idx) -> np.ndarray:
+        """Windows `idx` (indices within `split`) as a (len(idx), seq_len) int32 array."""
+        if split not in self._split:
+            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+        native = self._split[split][idx // self.windows_per_row]
+        return self._windows[native * self.windows_per_row + idx % self.windows_per_row].astype(np.int32)
+
+
+def open_store(path_or_name, *, vocab_size: int | None = None, seq_len: int | None = None, verify: bool = True):
+    """Open a store (a path, or SAMPLE for the embedded sample) after checking it end to end."""
+    path = _resolve(path_or_name)
+    if not path.exists():
+        raise DataError(f"token store {path} does not exist; build it with python scripts/prepare_data.py --out {path}")
+    header = _read_header(path)
+    tp = path / _TOKENS
+    expected = header["n_tokens"] * _DTYPE.itemsize
+    actual = tp.stat().st_size if tp.is_file() else None
+    if actual != expected:
+        raise DataError(
+            f"{tp} is truncated or missing ({actual} bytes, header says {expected}); rebuild it with prepare_data"
+        )
+    if verify and sha256_file(tp) != header["sha256"]:
+        raise DataError(f"{tp} is corrupted (sha256 differs from {_HEADER}); rebuild it with prepare_data")
+    if vocab_size is not None and vocab_size != header["vocab_size"]:
+        raise DataError(
+            f"store {path} was tokenized for vocab {header['vocab_size']}, the model has vocab {vocab_size}; "
+            "use a store built with the model's tokenizer or change the model's vocab_size"
+        )
+    native = int(header["seq_len"])
+    seq_len = native if seq_len is None else int(seq_len)
+    if seq_len <= 0 or native % seq_len:
+        raise DataError(
+            f"store {path} has rows of {native} tokens; seq_len {seq_len} must divide it "
+            f"(e.g. {native} or {native // 16}); or rebuild the store with --seq-len {seq_len}"
+        )
+    return TokenStore(path, header, seq_len)
+
+
+def require_tokens(store: TokenStore, needed: int, what: str) -> None:
+    have = store.train_rows * store.seq_len
+    if have < needed:
+        raise DataError(
+            f"store {store.path} has {have:,} train tokens, track '{what}' needs {needed:,}; prepare more rows with "
+            "python scripts/prepare_data.py --rows N (hub) or --source offline"
+        )
+
+
+# --------------------------------------------------------------------------- batches
+
+
+class TrainLoader:
+    """Shuffled global batches of train windows: batch k depends only on (store, batch_size, seed, k).
+
+    Epoch e visits the windows in `default_rng((seed, e)).permutation(train_rows)` order in chunks
+    of `batch_size`, dropping the last partial batch. Process p of P gets rows
+    [p*B/P, (p+1)*B/P) of each global batch. A background thread keeps `prefetch` batches ready.
+    """
+
+    def __init__(
+        self,
+        store: TokenStore,
+        batch_size: int,
+        seed: int,
+        start_step: int = 0,
+        prefetch: int = 2,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
+        if batch_size <= 0 or batch_size % process_count:
+            raise DataError(f"batch_size {batch_size} must be a positive multiple of process_count {process_count}")
+        if not 0 <= process_index < process_count:
+            raise DataError(f"process_index {process_index} is outside [0, {process_count})")
+        self.steps_per_epoch = store.train_rows // batch_size
+        if self.steps_per_epoch == 0:
+            raise DataError(
+                f"store {store.path} has {store.train_rows} train windows of {store.seq_len} tokens, "
+                f"fewer than one batch of {batch_size}; lower the batch size or prepare more data"
+            )
+        self.store, self.batch_size, self.seed = store, batch_size, int(seed)
+        self.local_batch = batch_size // process_count
+        self._lo = process_index * self.local_batch
+        self.step = int(start_step)
+        self._perm_lock = threading.Lock()
+        self._perm_epoch, self._perm = -1, None
+        self._stop = threading.Event()
+        self._queue: queue.Queue | None = None
+        self._thread = None
+        if prefetch > 0:
+            self._queue = queue.Queue(maxsize=prefetch)
+            self._thread = threading.Thread(target=self._fill, args=(self.step,), daemon=True, name="TrainLoader")
+            self._thread.start()
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        with self._perm_lock:
+            if epoch != self._perm_epoch:
+                self._perm = np.random.default_rng((self.seed, epoch)).permutation(self.store.train_rows)
+                self._perm_epoch = epoch
+            return self._perm
+
+    def batch(self, step: int) -> np.ndarray:
+        """This process's share of global batch `step` (random access; nothing is replayed)."""
+        epoch, k = divmod(int(step), self.steps_per_epoch)
+        start = k * self.batch_size + self._lo
+        return self.store.rows("train", self._permutation(epoch)[start : start + self.local_batch])
+
+    def _fill(self, step: int) -> None:
+        while not self._stop.is_set():
+            try:
+                item = (step, self.batch(step))
+            except Exception as e:  # noqa: BLE001 - re-raised in the consumer's thread by __next__
+                item = (step, e)
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if isinstance(item[1], Exception):
+                return
+            step += 1
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self._queue is None:
+            out = self.batch(self.step)
+        else:
+            if self._stop.is_set():
+                raise StopIteration
+            _, out = self._queue.get()
+            if isinstance(out, Exception):
+                raise out
+        self.step += 1
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def val_batches(store: TokenStore, batch_size: int, n_batches: int) -> np.ndarray:
+    """The first `n_batches` (or as many full ones as exist) batches of validation windows, in order."""
+    available = store.val_rows // batch_size
+    if available == 0:
+        raise DataError(
+            f"store {store.path} has {store.val_rows} validation windows, fewer than one batch of {batch_size}; "
+            "lower the eval batch size or prepare more data"
+        )
+    n = min(int(n_batches), available)
+    return store.rows("val", np.arange(n * batch_size)).reshape(n, batch_size, store.seq_len)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def _hub_reachable(timeout: float = 5.0) -> bool:
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return True  # a direct probe says nothing about a proxied route; let datasets try
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def load_hub(dataset_id: str = HUB_DATASET, rows: int = 20000, split: str = "train"):
+    """The first `rows` rows of a Hub dataset (or a local dataset directory/files `load_dataset` accepts).
+
+    Fails fast with the offline alternative when the Hub is switched off or unreachable,
+    instead of letting `datasets` retry for minutes.
+    """
+    import datasets
+
+    if not Path(dataset_id).exists():
+        offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "0") not in _FALSE]
+        why = f"{offline[0]} is set" if offline else None if _hub_reachable() else "the Hugging Face Hub is unreachable"
+        if why:
+            raise DataError(
+                f"{why}, so {dataset_id} cannot be downloaded; build the offline corpus with "
+                f"`{_OFFLINE_HINT}` or pass --source PATH to a local copy"
+            )
+    split_spec = f"{split}[:{rows}]" if rows else split
+    try:
+        return datasets.load_dataset(dataset_id, split=split_spec)
+    except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
+        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
+        raise DataError(
+            f"could not load {dataset_id} split {split_spec!r}: {msg}; for an offline corpus use `{_OFFLINE_HINT}`"
+        ) from None
+
+
+def load_local(path, rows: int | None = None):
+    """A local `save_to_disk` directory, or parquet / JSONL file(s) or a directory of them, as a Dataset."""
+    import datasets
+
+    datasets.disable_progress_bars()  # local reads are quick; keep stderr to the one-line error on failure
+    p = Path(path)
+    if not p.exists():
+        raise DataError(f"{p} does not exist; pass a save_to_disk directory, parquet/JSONL files, or text files")
+    try:
+        if (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file():
+            state = p / "state.json"
+            if state.is_file() and not json.loads(state.read_text()).get("_data_files"):
+                raise DataError(f"dataset {p} is empty (0 rows); check the path, split and --rows")
+            ds = datasets.load_from_disk(str(p))
+            if isinstance(ds, datasets.DatasetDict):
+                if "train" not in ds:
+                    raise DataError(f"{p} holds splits {list(ds)} but no 'train' split")
+                ds = ds["train"]
+        else:
+            files = sorted(p.rglob("*")) if p.is_dir() else [p]
+            kinds = {
+                "parquet": [f for f in files if f.suffix == ".parquet"],
+                "json": [f for f in files if f.suffix in (".jsonl", ".json")],
+            }
+            kind = next((k for k, v in kinds.items() if v), None)
+            if kind is None:
+                raise DataError(f"{p} has no parquet or JSONL files and is not a save_to_disk directory")
+            ds = datasets.load_dataset(kind, data_files=[str(f) for f in kinds[kind]], split="train")
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - datasets raises many unrelated types for unreadable input
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise DataError(f"could not read {p} as a dataset: {e.__class__.__name__} {msg}".rstrip()) from None
+    if rows:
+        ds = ds.select(range(min(rows, len(ds))))
+    return ds
+
+
+def dataset_chunks(ds, *, seq_len: int, batch_rows: int = 1024) -> Iterable[np.ndarray]:
+    """The `input_ids` rows of a Dataset as (rows, seq_len) blocks, checking row lengths.
+
+    The id range is checked by write_store, which sees every chunk anyway; `labels` is ignored
+    because upstream's labels equal input_ids (the shift happens in the loss).
+    """
+    if "input_ids" not in ds.column_names:
+        raise DataError(f"dataset has columns {ds.column_names}, expected 'input_ids' (pre-tokenized rows)")
+    if len(ds) == 0:
+        raise DataError("dataset is empty (0 rows); check the path, split and --rows")
+    ds = ds.with_format("numpy", columns=["input_ids"])
+    for start in range(0, len(ds), batch_rows):
+        block = ds[start : start + batch_rows]["input_ids"]
+        if block.ndim != 2 or block.shape[1] != seq_len:  # ragged blocks come back as an object array
+            for i, row in enumerate(block):
+                if len(row) != seq_len:
+                    raise DataError(
+                        f"row {start + i} has {len(row)} tokens, expected {seq_len}; pass --seq-len {len(row)} "
+                        "if the whole dataset uses that length"
+                    )
+        yield block
