@@ -3,11 +3,13 @@
 import dataclasses
 from dataclasses import dataclass
 
+from configs.errors import UserError
+
 MLP_KINDS = ("swiglu", "relu2")
 DTYPES = ("float32", "bfloat16")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A configuration that cannot describe a model; the message is one line with the fix."""
 
 

@@ -2,21 +2,13 @@
 
 import sys
 
-from configs.model import ConfigError
-
-# Errors whose message is written for the user: printed as one line, exit code 2, no traceback.
-USER_ERRORS: tuple[type[Exception], ...] = (ConfigError,)
-
-
-def register_user_error(*errors: type[Exception]) -> None:
-    global USER_ERRORS
-    USER_ERRORS = USER_ERRORS + errors
+from configs.errors import UserError
 
 
 def run_main(main, argv=None) -> int:
     try:
         return main(argv) or 0
-    except USER_ERRORS as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 from flax import nnx
 
+from configs.errors import UserError
 from configs.model import ModelConfig
 
 
-class ConversionError(ValueError):
+class ConversionError(UserError, ValueError):
     """A state_dict that does not fit the config; the message is one line."""
 
 

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from configs.errors import UserError
+
 SAMPLE = "sample"
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 HUB_DATASET = "vukrosic/blueberry-1B-pretrain"
@@ -36,7 +38,7 @@ _FALSE = ("", "0", "false", "False", "FALSE", "no", "off")
 _REQUIRED_KEYS = ("format", "vocab_size", "seq_len", "n_tokens", "n_rows", "sha256", "val_fraction", "split_seed")
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A one-line, user-facing message naming the problem and the fix."""
 
 

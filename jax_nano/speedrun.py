@@ -1,0 +1,177 @@
+"""One speedrun end to end, for either framework: data, setup (untimed), the timed loop, final evaluation,
+checkpoint, summary JSON, loss-curve PNG and, on request, a LEADERBOARD.md row."""
+
+import dataclasses
+import datetime
+import math
+import subprocess
+import time
+from pathlib import Path
+
+import jax
+
+from configs.errors import UserError
+from configs.model import get_model_config
+from configs.tracks import Track
+from jax_nano import data, loop, report
+from jax_nano.eligibility import check as eligibility
+
+
+class RunError(UserError):
+    """A run that cannot start as asked; one line with the fix."""
+
+
+def make_trainer(track: Track, run_dir: Path, init_state_dict=None):
+    cfg = get_model_config(track.model)
+    if track.framework == "jax":
+        from jax_nano.train import JaxTrainer
+
+        return JaxTrainer(track, cfg, run_dir=run_dir, init_state_dict=init_state_dict)
+    from torch_ref.train import TorchTrainer
+
+    return TorchTrainer(track, cfg, run_dir=run_dir, init_state_dict=init_state_dict)
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).parent)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+class CompileCounter:
+    """Counts XLA compilations; the timed loop must have none (everything is compiled before the clock)."""
+
+    def __init__(self):
+        self.count, self.active = 0, False
+        jax.monitoring.register_event_duration_secs_listener(self._on_event)
+
+    def _on_event(self, event: str, duration: float, **_):
+        if self.active and event == "/jax/core/compile/backend_compile_duration":
+            self.count += 1
+
+
+_COMPILES = None
+
+
+def compile_counter() -> CompileCounter:
+    global _COMPILES
+    if _COMPILES is None:
+        _COMPILES = CompileCounter()
+    return _COMPILES
+
+
+def speedrun(track: Track, *, run_name: str | None = None, results_dir="results", runs_dir="runs", resume=False,
+             stop_after: int | None = None, init_from=None, export_to=None, show_bar=True) -> dict:
+    """Run `track`; returns the summary (also written to results/<run>.json), or a partial one when stopped by
+    `stop_after` (then a checkpoint lets `resume=True` continue)."""
+    run_name = run_name or f"{track.name}-{track.framework}"
+    run_dir, results_dir = Path(runs_dir) / run_name, Path(results_dir)
+    has_checkpoints = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+    if resume and not has_checkpoints:
+        raise RunError(f"--resume: run {run_name!r} has no checkpoint in {run_dir}; start it without --resume")
+    if not resume and has_checkpoints:
+        raise RunError(f"run {run_name!r} already has checkpoints in {run_dir}; pass --resume to continue it "
+                       "or --run-name NAME to start a new one")
+    cfg = get_model_config(track.model)
+    store = data.open_store(track.data, vocab_size=cfg.vocab_size, seq_len=track.seq_len)
+    data.require_tokens(store, track.target_tokens or track.tokens_per_step, track.name)
+    val_NBT = data.val_batches(store, track.batch_size, track.eval_batches)
+    init_state_dict = None
+    if init_from is not None:
+        import torch
+
+        init_state_dict = torch.load(init_from, map_location="cpu", weights_only=True)
+
+    trainer = make_trainer(track, run_dir, init_state_dict)
+    warm = data.TrainLoader(store, track.batch_size, track.seed, prefetch=0)
+    setup_s = trainer.setup([warm.batch(i) for i in range(track.warmup_steps)], val_NBT)
+    progress = trainer.restore() if resume else loop.Progress()
+    loader = data.TrainLoader(store, track.batch_size, track.seed, start_step=progress.next_step)
+    counter = compile_counter()
+    compiles_before = counter.count
+    counter.active = True
+    try:
+        with report.MetricsLog(results_dir / f"{run_name}.jsonl", append=resume) as log:
+            progress = loop.run(track, trainer, loader, val_NBT, progress=progress, log=log, stop_after=stop_after,
+                                show_bar=show_bar)
+            counter.active = False
+            if not loop.finished(track, progress):
+                trainer.save(progress)
+                trainer.close()
+                return {"run": run_name, "finished": False, "next_step": progress.next_step}
+            t0 = time.perf_counter()
+            final = trainer.evaluate(val_NBT)
+            progress.eval_time_s += time.perf_counter() - t0
+            log.write({"step": progress.next_step - 1, **final})
+    finally:
+        counter.active = False
+        loader.close()
+    trainer.save(progress)
+    trainer.close()
+    if export_to is not None:
+        import torch
+
+        Path(export_to).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{export_to}.tmp")
+        torch.save(trainer.export_state_dict(), tmp)
+        tmp.replace(export_to)
+
+    summary = summarize(track, trainer, progress, final, setup_s, run_name, counter.count - compiles_before)
+    report.write_json_atomic(results_dir / f"{run_name}.json", summary)
+    steps = list(range(len(progress.losses)))
+    report.plot_curves({track.framework: (steps, progress.losses)}, results_dir / f"{run_name}.png", xlabel="step",
+                       title=f"{track.name}: {track.framework} on {summary['device']}", hline=track.target_loss)
+    return summary
+
+
+def summarize(track: Track, trainer, progress: loop.Progress, final: dict, setup_s: float, run_name: str,
+              compiles: int) -> dict:
+    cfg = get_model_config(track.model)
+    steps = progress.next_step
+    tokens = steps * track.tokens_per_step
+    tokens_per_s = tokens / progress.active_time_s if progress.active_time_s > 0 else 0.0
+    device = trainer.device_name()
+    verdict = eligibility(cfg, band_of=cfg.name)
+    peak = trainer.peak_memory_bytes()
+    return {
+        "run": run_name, "finished": True, "track": track.name, "framework": track.framework,
+        "date": datetime.date.today().isoformat(), "device": device, "commit": git_commit(),
+        "versions": trainer.versions(),
+        "reached_target": progress.reached_step is not None if track.is_loss_track else None,
+        "steps": steps, "tokens": tokens,
+        "train_loss": progress.losses[-1] if progress.losses else math.nan,
+        "val_loss": final["val_loss"], "val_accuracy": final["val_accuracy"],
+        "val_perplexity": final["val_perplexity"],
+        "active_time_s": progress.active_time_s, "active_time": report.format_duration(progress.active_time_s),
+        "setup_time_s": setup_s, "eval_time_s": progress.eval_time_s,
+        "tokens_per_s": tokens_per_s, "mfu": report.mfu(tokens_per_s, cfg, track.seq_len, device),
+        "peak_memory_bytes": peak, "params": verdict.jax_params, "eligible": verdict.eligible,
+        "compiles_during_run": compiles, "evals": progress.evals,
+        "track_config": dataclasses.asdict(track),
+    }
+
+
+def describe(summary: dict) -> str:
+    """The end-of-run summary a person reads."""
+    mfu = f"{summary['mfu']:.1%}" if summary["mfu"] is not None else "n/a (no peak figure for this device)"
+    peak = summary["peak_memory_bytes"]
+    lines = [
+        f"track {summary['track']} [{summary['framework']}] on {summary['device']}",
+        f"  train loss {summary['train_loss']:.4f}   val loss {summary['val_loss']:.4f}   "
+        f"val accuracy {summary['val_accuracy']:.4f}   val perplexity {summary['val_perplexity']:.2f}",
+        f"  Active Training Time {summary['active_time']}   Setup & Compilation Time "
+        f"{report.format_duration(summary['setup_time_s'])}   "
+        f"evaluation {report.format_duration(summary['eval_time_s'])}",
+        f"  {summary['steps']:,} steps   {summary['tokens']:,} tokens   "
+        f"{summary['tokens_per_s']:,.0f} tokens/s   MFU {mfu}",
+        f"  peak device memory {peak / 2**30:.2f} GiB" if peak else "  peak device memory: not reported by this device",
+        f"  {summary['params']:,} parameters: "
+        f"{'eligible' if summary['eligible'] else 'not eligible'} for a leaderboard",
+        f"  results/{summary['run']}.json, .jsonl, .png",
+    ]
+    if summary["reached_target"] is False:
+        lines.insert(1, "  target loss NOT reached within the step budget")
+    return "\n".join(lines)

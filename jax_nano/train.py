@@ -1,0 +1,196 @@
+"""The JAX trainer: one jitted, ahead-of-time compiled `train_step(state, batch) -> (state, metrics)`.
+
+The Flax NNX model is split into a static graph and a parameter state (`nnx.split`) around `jax.jit`; the
+state is donated, so every step updates the weights in place. Compilation and the untimed warm-up happen in
+`setup()`, before the clock starts (jax_nano/loop.py).
+"""
+
+import platform
+import time
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from configs.model import ModelConfig
+from configs.tracks import Track
+from jax_nano import checkpoint as ckpt
+from jax_nano.convert import jax_to_torch, load_params, torch_to_jax
+from jax_nano.model import GPT, loss_fn
+from jax_nano.optim import make_optimizer
+
+
+class TrainState(NamedTuple):
+    params: nnx.State
+    opt_state: optax.OptState
+    step: jax.Array
+    done: jax.Array  # a loss track met its target: later steps leave the state as it is
+
+
+def model_config_for(track: Track, cfg: ModelConfig) -> ModelConfig:
+    """Apply the track's precision policy to a model config."""
+    if track.precision == "float32":
+        return cfg.replace(compute_dtype="float32", param_dtype="float32")
+    if track.precision == "bf16":
+        return cfg.replace(compute_dtype="bfloat16", param_dtype="bfloat16")
+    return cfg.replace(compute_dtype="bfloat16", param_dtype="float32")
+
+
+def make_train_step(graphdef, tx, target_loss: float | None):
+    def loss_of(params, ids_BT):
+        return loss_fn(nnx.merge(graphdef, params), ids_BT)
+
+    def update(state: TrainState, ids_BT):
+        loss, grads = jax.value_and_grad(loss_of)(state.params, ids_BT)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        done = state.done if target_loss is None else state.done | (loss <= target_loss)
+        return TrainState(params, opt_state, state.step + 1, done), {"loss": loss}
+
+    if target_loss is None:
+        return update
+
+    def train_step(state: TrainState, ids_BT):
+        # Lets the host read a loss one step late: the step dispatched after the target was met changes nothing.
+        return jax.lax.cond(state.done, lambda s, _: (s, {"loss": jnp.float32(jnp.nan)}), update, state, ids_BT)
+
+    return train_step
+
+
+def make_eval_step(graphdef):
+    def eval_step(params, ids_BT):
+        logits_BTV = nnx.merge(graphdef, params)(ids_BT)[:, :-1].astype(jnp.float32)
+        labels_BT = ids_BT[:, 1:]
+        nll_BT = jax.nn.logsumexp(logits_BTV, -1) - jnp.take_along_axis(logits_BTV, labels_BT[..., None], -1)[..., 0]
+        correct = jnp.sum(jnp.argmax(logits_BTV, -1) == labels_BT)
+        return jnp.sum(nll_BT), correct
+
+    return eval_step
+
+
+class JaxTrainer:
+    framework = "jax"
+    lag = 1
+
+    def __init__(self, track: Track, cfg: ModelConfig, *, run_dir=None, init_state_dict=None, seed: int | None = None):
+        self.track, self.cfg = track, model_config_for(track, cfg)
+        self.seed = track.seed if seed is None else seed
+        self.run_dir, self.init_state_dict = run_dir, init_state_dict
+        self.tx = make_optimizer(track.optim, track.total_steps)
+        self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: GPT(self.cfg, rngs=nnx.Rngs(0))))
+        self.batch_sharding = None
+        self.state_sharding = None
+        self.compiles = 0
+        self._manager = None
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    def initial_state(self) -> TrainState:
+        model = GPT(self.cfg, rngs=nnx.Rngs(self.seed))
+        if self.init_state_dict is not None:
+            load_params(model, torch_to_jax(self.init_state_dict, self.cfg))
+        params = nnx.state(model, nnx.Param)
+        state = TrainState(params, self.tx.init(params), jnp.zeros([], jnp.int32), jnp.zeros([], jnp.bool_))
+        return jax.device_put(state, self.state_sharding) if self.state_sharding is not None else state
+
+    def abstract_state(self):
+        return jax.eval_shape(self.initial_state)
+
+    # -- compile, warm up, reset ---------------------------------------------------------------------------
+
+    def setup(self, warmup_batches: list, val_NBT: np.ndarray | None) -> float:
+        """Compile the train and eval steps ahead of time, run the untimed warm-up steps, then reset weights
+        and optimizer. Returns the seconds spent (Setup & Compilation Time)."""
+        t0 = time.perf_counter()
+        abstract = self.abstract_state()
+        batch_spec = jax.ShapeDtypeStruct((self.track.batch_size, self.track.seq_len), jnp.int32,
+                                          sharding=self.batch_sharding)
+        self._step = jax.jit(make_train_step(self.graphdef, self.tx, self.track.target_loss),
+                             donate_argnums=0).lower(abstract, batch_spec).compile()
+        self._eval = jax.jit(make_eval_step(self.graphdef)).lower(abstract.params, batch_spec).compile()
+        self.state = self.initial_state()
+        for ids_BT in warmup_batches:
+            self.state, metrics = self._step(self.state, self._put(ids_BT))
+        if val_NBT is not None:
+            jax.block_until_ready(self._eval(self.state.params, self._put(val_NBT[0])))
+        jax.block_until_ready(self.state)
+        self.state = self.initial_state()
+        jax.block_until_ready(self.state)
+        return time.perf_counter() - t0
+
+    def _put(self, ids_BT):
+        ids_BT = np.asarray(ids_BT, np.int32)
+        if self.batch_sharding is None:
+            return jnp.asarray(ids_BT)
+        return jax.make_array_from_process_local_data(self.batch_sharding, ids_BT)
+
+    # -- the loop's interface ------------------------------------------------------------------------------
+
+    def step(self, ids_BT):
+        self.state, metrics = self._step(self.state, self._put(ids_BT))
+        return metrics["loss"]
+
+    def read(self, loss) -> float:
+        return float(loss)
+
+    def sync(self):
+        jax.block_until_ready(self.state)
+
+    def evaluate(self, val_NBT) -> dict:
+        total_nll, total_correct = 0.0, 0
+        for ids_BT in val_NBT:
+            nll, correct = self._eval(self.state.params, self._put(ids_BT))
+            total_nll, total_correct = total_nll + float(nll), total_correct + int(correct)
+        n = val_NBT.shape[0] * val_NBT.shape[1] * (val_NBT.shape[2] - 1)
+        val_loss = total_nll / n
+        return {"val_loss": val_loss, "val_accuracy": total_correct / n, "val_perplexity": float(np.exp(val_loss))}
+
+    # -- checkpoints and export ----------------------------------------------------------------------------
+
+    def manager(self):
+        if self._manager is None:
+            self._manager = ckpt.manager(self.run_dir, self.track.keep_checkpoints)
+        return self._manager
+
+    def save(self, progress, fingerprint: dict | None = None):
+        ckpt.save(self.manager(), int(progress.next_step), self.state, progress, fingerprint or self.fingerprint())
+
+    def restore(self):
+        """The latest checkpoint's Progress, with the state restored into this trainer; None if there is none."""
+        found = ckpt.restore_latest(self.manager(), self.abstract_state(), self.fingerprint())
+        if found is None:
+            return None
+        self.state, progress = found
+        return progress
+
+    def close(self):
+        if self._manager is not None:
+            self._manager.wait_until_finished()
+            self._manager.close()
+
+    def fingerprint(self) -> dict:
+        return ckpt.fingerprint(self.track, self.cfg)
+
+    def export_state_dict(self) -> dict:
+        return jax_to_torch(self.state.params, self.cfg)
+
+    # -- what the summary reports --------------------------------------------------------------------------
+
+    @staticmethod
+    def device_name() -> str:
+        d = jax.devices()[0]
+        return platform.processor() or "CPU" if d.platform == "cpu" else d.device_kind
+
+    @staticmethod
+    def peak_memory_bytes() -> int | None:
+        stats = jax.devices()[0].memory_stats() or {}
+        return stats.get("peak_bytes_in_use")
+
+    @staticmethod
+    def versions() -> dict:
+        import flax
+
+        return {"jax": jax.__version__, "flax": flax.__version__, "optax": optax.__version__}

@@ -1,0 +1,123 @@
+"""Run a Blueberry-Nano speedrun track in JAX (default) or PyTorch.
+
+    python scripts/speedrun.py --track 4.5loss
+    python scripts/speedrun.py --track 8M --framework torch --data processed_data/offline --record
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from configs.model import PRESETS  # noqa: E402
+from configs.optim import ORTHO_DTYPES, ORTHOGONALIZERS, SCHEDULES  # noqa: E402
+from configs.tracks import FRAMEWORKS, PRECISIONS, TRACKS, get_track  # noqa: E402
+from jax_nano.cli import run_main  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# flag -> (Track field or "optim.<field>", type, help)
+OVERRIDES = {
+    "framework": ("framework", str, f"one of {', '.join(FRAMEWORKS)} (default jax)"),
+    "model": ("model", str, f"model preset: {', '.join(PRESETS)}"),
+    "batch_size": ("batch_size", int, "sequences per step"),
+    "seq_len": ("seq_len", int, "tokens per sequence"),
+    "data": ("data", str, "token store directory, or 'sample' for the embedded sample"),
+    "seed": ("seed", int, "data order and initial weights"),
+    "precision": ("precision", str, f"one of {', '.join(PRECISIONS)}"),
+    "tokens": ("target_tokens", int, "stop after this many tokens (token tracks)"),
+    "target_loss": ("target_loss", float, "stop at the first step whose train loss <= this (loss tracks)"),
+    "max_tokens": ("max_tokens", int, "a loss track gives up after this many tokens"),
+    "max_steps": ("max_steps", int, "cap on the steps (also the schedule length)"),
+    "eval_every": ("eval_every", int, "steps between milestone evaluations (0: only at the end)"),
+    "eval_batches": ("eval_batches", int, "fixed validation batches per evaluation"),
+    "warmup_steps": ("warmup_steps", int, "untimed warm-up steps before the clock starts"),
+    "checkpoint_every": ("checkpoint_every", int, "steps between checkpoints (0: only at the end)"),
+    "keep_checkpoints": ("keep_checkpoints", int, "checkpoints kept on disk"),
+    "muon_lr": ("optim.muon_lr", float, "Muon learning rate"),
+    "adamw_lr": ("optim.adamw_lr", float, "AdamW learning rate"),
+    "weight_decay": ("optim.weight_decay", float, "AdamW decoupled weight decay"),
+    "grad_clip": ("optim.grad_clip", float, "global gradient-norm clip"),
+    "schedule": ("optim.schedule", str, f"learning-rate schedule: {', '.join(SCHEDULES)}"),
+    "warmup_ratio": ("optim.warmup_ratio", float, "fraction of steps spent warming up the learning rate"),
+    "orthogonalizer": ("optim.orthogonalizer", str, f"Muon's: {', '.join(ORTHOGONALIZERS)}"),
+    "ortho_steps": ("optim.ortho_steps", int, "orthogonalization iterations"),
+    "ortho_dtype": ("optim.ortho_dtype", str, f"orthogonalization dtype: {', '.join(ORTHO_DTYPES)}"),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--track", default="smoke", help=f"one of {', '.join(TRACKS)} (default smoke)")
+    for flag, (_, kind, text) in OVERRIDES.items():
+        p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None, help=text)
+    p.add_argument("--run-name", default=None, help="names results/<run>.* and runs/<run>/ (default TRACK-FRAMEWORK)")
+    p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    p.add_argument("--stop-after", type=int, default=None, help="end this session after N steps, checkpointed")
+    p.add_argument("--init-from", default=None, help="PyTorch state_dict (upstream names) to start from")
+    p.add_argument("--export-torch", default=None, help="save the final weights as a PyTorch state_dict here")
+    p.add_argument("--record", action="store_true", help="append the result to LEADERBOARD.md")
+    p.add_argument("--leaderboard", default=str(ROOT / "LEADERBOARD.md"), help=argparse.SUPPRESS)
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--no-bar", action="store_true", help="no progress bar (logs still go to results/<run>.jsonl)")
+    return p
+
+
+def track_from_args(args):
+    from configs.model import ConfigError
+
+    if args.tokens is not None and args.target_loss is not None:
+        raise ConfigError("--tokens and --target-loss conflict: a run stops on one rule; pass only one")
+    if args.resume and args.init_from:
+        raise ConfigError("--resume and --init-from conflict: a resumed run continues its own weights")
+    track, optim = {}, {}
+    for flag, (field, _, _) in OVERRIDES.items():
+        value = getattr(args, flag)
+        if value is not None:
+            (optim if field.startswith("optim.") else track)[field.removeprefix("optim.")] = value
+    if "target_tokens" in track:
+        track["target_loss"] = None
+    if "target_loss" in track:
+        track["target_tokens"] = None
+    base = get_track(args.track)
+    if optim:
+        track["optim"] = base.optim.replace(**optim)
+    return base.replace(**track)
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    track = track_from_args(args)
+    if args.record and not track.leaderboard:
+        from configs.model import ConfigError
+
+        raise ConfigError(f"track {track.name!r} has no leaderboard; --record needs a real track")
+
+    import jax
+
+    from jax_nano import speedrun
+
+    # A second run of the same program compiles from this cache in seconds.
+    jax.config.update("jax_compilation_cache_dir",
+                      os.environ.get("JAX_NANO_CACHE", str(Path.home() / ".cache" / "jax-nano" / "xla")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    summary = speedrun.speedrun(track, run_name=args.run_name, results_dir=args.results_dir, runs_dir=args.runs_dir,
+                                resume=args.resume, stop_after=args.stop_after, init_from=args.init_from,
+                                export_to=args.export_torch, show_bar=not args.no_bar)
+    if not summary["finished"]:
+        print(f"stopped at step {summary['next_step']}; continue with --resume --run-name {summary['run']}")
+        return 0
+    print(speedrun.describe(summary))
+    if args.record:
+        from jax_nano import leaderboard
+
+        leaderboard.append_row(args.leaderboard, track.name, leaderboard.row_from_summary(summary))
+        print(f"recorded in {args.leaderboard}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

@@ -1,0 +1,166 @@
+"""The PyTorch trainer: upstream's recipe, so that it is a fair baseline for the JAX one.
+
+Mirrors jax_nano/train.py: `torch.compile` on CUDA, untimed warm-up steps after which the initial weights are
+restored and fresh optimizers built, bf16 autocast (or a model cast wholly to bf16), fused AdamW on CUDA. The
+loss of each step is read at once (`loss.item()`), as upstream does.
+"""
+
+import contextlib
+import copy
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from configs.model import ModelConfig
+from configs.tracks import Track
+from jax_nano import checkpoint as ckpt
+from torch_ref import optim
+from torch_ref.model import MinimalLLM, loss_fn
+
+
+class TorchTrainer:
+    framework = "torch"
+    lag = 0
+
+    def __init__(self, track: Track, cfg: ModelConfig, *, run_dir=None, init_state_dict=None, seed: int | None = None):
+        self.track, self.cfg = track, cfg
+        self.seed = track.seed if seed is None else seed
+        self.run_dir, self.init_state_dict = run_dir, init_state_dict
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = torch.bfloat16 if track.precision == "bf16" else torch.float32
+
+    # -- state ---------------------------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.track.precision == "bf16-compute":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _reset(self):
+        """Initial weights and fresh optimizers (after the warm-up, as upstream does)."""
+        self.model.load_state_dict(self.initial_weights)
+        self.optimizers, self.schedulers = optim.make_optimizer(self.track.optim, self.model, self.track.total_steps)
+
+    # -- compile, warm up, reset ---------------------------------------------------------------------------
+
+    def setup(self, warmup_batches: list, val_NBT: np.ndarray | None) -> float:
+        t0 = time.perf_counter()
+        torch.manual_seed(self.seed)
+        self.model = MinimalLLM(self.cfg)
+        if self.init_state_dict is not None:
+            self.model.load_state_dict(self.init_state_dict, strict=True)
+        self.model.to(self.device, self.dtype)
+        self.initial_weights = copy.deepcopy(self.model.state_dict())
+        self.forward = torch.compile(self.model) if self.device.type == "cuda" else self.model
+        self._reset()
+        for ids_BT in warmup_batches:
+            self.step(ids_BT)
+        if val_NBT is not None:
+            self.evaluate(val_NBT[:1])
+        self._reset()
+        self.sync()
+        return time.perf_counter() - t0
+
+    def _put(self, ids_BT):
+        return torch.from_numpy(np.asarray(ids_BT, np.int64)).to(self.device, non_blocking=True)
+
+    # -- the loop's interface ------------------------------------------------------------------------------
+
+    def step(self, ids_BT):
+        ids_BT = self._put(ids_BT)
+        with self._autocast():
+            loss = loss_fn(self.forward, ids_BT)
+        loss.backward()
+        optim.step(self.model, self.optimizers, self.schedulers, self.track.optim.grad_clip)
+        return loss.detach()
+
+    def read(self, loss) -> float:
+        return loss.item()
+
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    @torch.no_grad()
+    def evaluate(self, val_NBT) -> dict:
+        total_nll, total_correct = 0.0, 0
+        for ids_BT in val_NBT:
+            ids_BT = self._put(ids_BT)
+            with self._autocast():
+                logits_BTV = self.forward(ids_BT)[:, :-1].float()
+            labels_BT = ids_BT[:, 1:]
+            total_nll += F.cross_entropy(logits_BTV.reshape(-1, logits_BTV.shape[-1]), labels_BT.reshape(-1),
+                                         reduction="sum").item()
+            total_correct += (logits_BTV.argmax(-1) == labels_BT).sum().item()
+        n = val_NBT.shape[0] * val_NBT.shape[1] * (val_NBT.shape[2] - 1)
+        val_loss = total_nll / n
+        return {"val_loss": val_loss, "val_accuracy": total_correct / n, "val_perplexity": float(np.exp(val_loss))}
+
+    # -- checkpoints and export ----------------------------------------------------------------------------
+
+    def _checkpoints(self) -> list[Path]:
+        folder = Path(self.run_dir) / "checkpoints"
+        return sorted(folder.glob("*.pt"), key=lambda p: int(p.stem)) if folder.is_dir() else []
+
+    def save(self, progress):
+        import dataclasses
+
+        folder = Path(self.run_dir) / "checkpoints"
+        folder.mkdir(parents=True, exist_ok=True)
+        payload = {"model": self.model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
+                   "schedulers": [s.state_dict() for s in self.schedulers],
+                   "progress": dataclasses.asdict(progress), "fingerprint": self.fingerprint()}
+        final = folder / f"{progress.next_step}.pt"
+        torch.save(payload, folder / f"{progress.next_step}.pt.tmp")
+        (folder / f"{progress.next_step}.pt.tmp").replace(final)
+        for old in self._checkpoints()[: -self.track.keep_checkpoints]:
+            old.unlink()
+
+    def restore(self):
+        from jax_nano.loop import Progress
+
+        found = self._checkpoints()
+        if not found:
+            return None
+        try:
+            payload = torch.load(found[-1], map_location=self.device, weights_only=False)
+        except Exception as e:  # a truncated or foreign file raises many types
+            raise ckpt.CheckpointError(f"checkpoint {found[-1]} is corrupted ({type(e).__name__}); delete it to use "
+                                       "the one before") from e
+        saved = payload["fingerprint"]
+        if saved["digest"] != self.fingerprint()["digest"]:
+            raise ckpt.CheckpointError(
+                f"checkpoint {found[-1]} is from another run (model {saved['model']}, track {saved['track']}, "
+                f"precision {saved['precision']}); resume with the same settings or choose another --run-name"
+            )
+        self.model.load_state_dict(payload["model"])
+        for obj, state in zip(self.optimizers + self.schedulers, payload["optimizers"] + payload["schedulers"]):
+            obj.load_state_dict(state)
+        return Progress(**payload["progress"])
+
+    def close(self):
+        pass
+
+    def fingerprint(self) -> dict:
+        return ckpt.fingerprint(self.track, self.cfg)
+
+    def export_state_dict(self) -> dict:
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    # -- what the summary reports --------------------------------------------------------------------------
+
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return platform.processor() or "CPU"
+
+    def peak_memory_bytes(self) -> int | None:
+        return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+
+    @staticmethod
+    def versions() -> dict:
+        return {"torch": torch.__version__}
