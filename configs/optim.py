@@ -1,0 +1,71 @@
+"""Optimizer settings shared by the JAX optimizer and its PyTorch twin (SPEC section 2)."""
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from configs.model import ConfigError
+
+SCHEDULES = ("constant", "cosine", "linear")
+ORTHOGONALIZERS = ("polar-express", "newton-schulz")
+# float16 is what the classic Newton-Schulz records used; float32 is for exact parity tests.
+ORTHO_DTYPES = ("bfloat16", "float32", "float16")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    muon_lr: float = 0.015
+    adamw_lr: float = 0.001
+    muon_momentum: float = 0.95
+    weight_decay: float = 0.2
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    grad_clip: float = 1.0
+    schedule: str = "constant"
+    warmup_ratio: float = 0.0
+    orthogonalizer: str = "polar-express"
+    ortho_steps: int = 5
+    ortho_dtype: str = "bfloat16"
+
+    def __post_init__(self):
+        for field in ("muon_lr", "adamw_lr", "weight_decay", "adam_eps"):
+            if getattr(self, field) < 0:
+                raise ConfigError(f"{field}={getattr(self, field)} is negative; use a value >= 0")
+        if not 0 <= self.muon_momentum < 1:
+            raise ConfigError(f"muon_momentum={self.muon_momentum} is outside [0, 1); upstream uses 0.95")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            raise ConfigError(f"adam_betas={self.adam_betas} must be two values in [0, 1); upstream uses (0.9, 0.999)")
+        if not self.grad_clip > 0:
+            raise ConfigError(f"grad_clip={self.grad_clip} must be positive; upstream uses 1.0")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ConfigError(f"warmup_ratio={self.warmup_ratio} is outside [0, 1]; it is a fraction of total steps")
+        if self.orthogonalizer not in ORTHOGONALIZERS:
+            raise ConfigError(
+                f"unknown orthogonalizer {self.orthogonalizer!r}; choose one of {', '.join(ORTHOGONALIZERS)}"
+            )
+        if self.ortho_steps < 1:
+            raise ConfigError(f"ortho_steps={self.ortho_steps} must be >= 1; upstream uses 5")
+        if self.ortho_dtype not in ORTHO_DTYPES:
+            raise ConfigError(f"unknown ortho_dtype {self.ortho_dtype!r}; choose one of {', '.join(ORTHO_DTYPES)}")
+
+    def replace(self, **changes) -> "OptimConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def lr_factor(kind: str, step: int, total_steps: int, warmup_ratio: float) -> float:
+    """SPEC factor at optimizer step `step` (0-based), the one formula both frameworks use. The constant
+    schedule with warmup_ratio 0 still has warmup = 1, so step 0 has factor 0: an upstream quirk, kept, whose
+    first step only fills the momenta and Adam moments and moves no weight."""
+    warmup = max(1, int(total_steps * warmup_ratio))
+    if step < warmup:
+        return step / warmup
+    if kind == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total_steps - warmup)
+    if kind == "cosine":
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+    if kind == "linear":
+        return max(0.1, 1 - progress)
+    raise ConfigError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")

@@ -1,0 +1,191 @@
+"""Muon (Polar Express or Newton-Schulz) + AdamW as one optax transform, matching upstream (SPEC section 2).
+
+Sections mirror torch_ref/optim.py so the two files can be read side by side. Matrices follow the Flax
+layout (..., in, out); every formula below is stated in upstream's torch layout (out, in) and the code
+transposes at the boundary, so the arithmetic is the same as upstream's, matrix for matrix.
+"""
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from configs.model import ConfigError
+from configs.optim import OptimConfig, lr_factor
+
+__all__ = ["clip_by_global_norm_torch", "lr_factor", "lr_schedule", "make_optimizer", "muon", "orthogonalize",
+           "param_label", "param_labels"]
+
+# ---------------------------------------------------------------------------------------------------------------
+# Learning-rate factor: lr_factor lives in configs.optim, shared with the torch twin.
+
+
+def lr_schedule(base_lr: float, kind: str, total_steps: int, warmup_ratio: float) -> optax.Schedule:
+    """base_lr * lr_factor(step) as an optax schedule. A table of the Python formula (not a jnp re-derivation)
+    makes both frameworks read the very same factors; steps past the end keep the last one."""
+    if total_steps < 1:
+        raise ConfigError(f"total_steps={total_steps} must be >= 1")
+    table_S = jnp.asarray([base_lr * lr_factor(kind, s, total_steps, warmup_ratio) for s in range(total_steps)],
+                          jnp.float32)
+    return lambda count: table_S[jnp.minimum(count, total_steps - 1)]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Orthogonalization
+
+POLAR_EXPRESS_COEFFS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+NEWTON_SCHULZ_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def _coefficients(method: str, steps: int) -> list:
+    if method == "polar-express":
+        # The list is tuned for 5 steps; past that the last (most conservative) step repeats, as modded-nanogpt does.
+        return list(POLAR_EXPRESS_COEFFS[:steps]) + [POLAR_EXPRESS_COEFFS[-1]] * max(0, steps - 5)
+    if method == "newton-schulz":
+        return [NEWTON_SCHULZ_COEFFS] * steps
+    raise ConfigError(f"unknown orthogonalizer {method!r}; choose one of polar-express, newton-schulz")
+
+
+def _mul(x, s: float):
+    # torch multiplies a low-precision tensor by a Python scalar in float32 and rounds once; jnp would first
+    # round the scalar itself to bf16 (8.1566 -> 8.1875), a different polynomial.
+    return (x.astype(jnp.float32) * s).astype(x.dtype)
+
+
+def orthogonalize(g_RC, method: str = "polar-express", steps: int = 5, dtype="bfloat16"):
+    """Upstream's orthogonalize on (..., rows, cols) matrices in torch layout, batched over leading axes.
+    Returns the result in the iteration dtype, like upstream."""
+    dtype = jnp.dtype(dtype)
+    # float32 parity runs must not fall to TF32/bf16 passes on GPU; torch's default fp32 matmul is full precision.
+    precision = jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
+    x = g_RC.astype(dtype)
+    tall = x.shape[-2] > x.shape[-1]
+    if tall:
+        x = jnp.swapaxes(x, -1, -2)
+    # torch's norm of a low-precision tensor accumulates in float32 and rounds the result once.
+    norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=(-2, -1), keepdims=True)).astype(dtype)
+    safety = 1.01 if method == "polar-express" else 1.0
+    x = x / (_mul(norm, safety).astype(jnp.float32) + 1e-7).astype(dtype)
+    for a, b, c in _coefficients(method, steps):
+        a_RR = jnp.matmul(x, jnp.swapaxes(x, -1, -2), precision=precision)
+        b_RR = _mul(a_RR, b) + _mul(jnp.matmul(a_RR, a_RR, precision=precision), c)
+        x = _mul(x, a) + jnp.matmul(b_RR, x, precision=precision)
+    return jnp.swapaxes(x, -1, -2) if tall else x
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Muon
+
+
+def _lerp(start, end, weight: float):
+    # torch.lerp's two-branch formula in float32, so momenta match upstream to the last bit in float32.
+    s, e, w = start.astype(jnp.float32), end.astype(jnp.float32), jnp.float32(weight)
+    out = s + w * (e - s) if abs(weight) < 0.5 else e - (e - s) * (1 - w)
+    return out.astype(start.dtype)
+
+
+class MuonState(NamedTuple):
+    count: jax.Array
+    momentum: optax.Updates
+
+
+def muon(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.95, method: str = "polar-express",
+         steps: int = 5, dtype="bfloat16") -> optax.GradientTransformation:
+    """Upstream Muon on Flax kernels (..., in, out): Nesterov momentum without bias correction, orthogonalized
+    in torch layout, scaled by lr * sqrt(max(1, out/in)). The momentum buffer has the parameter's dtype."""
+    _coefficients(method, steps)  # fail at construction, not inside jit
+    schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
+
+    def init_fn(params):
+        return MuonState(count=jnp.zeros([], jnp.int32), momentum=jax.tree.map(jnp.zeros_like, params))
+
+    def update_fn(updates, state, params=None):
+        del params
+        buf = jax.tree.map(lambda b, g: _lerp(b, g, 1 - momentum), state.momentum, updates)
+        nesterov = jax.tree.map(lambda g, b: _lerp(g, b, momentum), updates, buf)
+        lr = jnp.asarray(schedule(state.count), jnp.float32)
+
+        def step(u_LIO):
+            o_LIO = jnp.swapaxes(orthogonalize(jnp.swapaxes(u_LIO, -1, -2), method, steps, dtype), -1, -2)
+            d_in, d_out = u_LIO.shape[-2:]
+            # One float32 multiply by lr*scale and one rounding, like torch's p.add_(O, alpha=-lr*scale).
+            return (o_LIO.astype(jnp.float32) * (-lr * math.sqrt(max(1.0, d_out / d_in)))).astype(u_LIO.dtype)
+
+        return jax.tree.map(step, nesterov), MuonState(count=optax.safe_increment(state.count), momentum=buf)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gradient clipping
+
+
+def clip_by_global_norm_torch(max_norm: float) -> optax.GradientTransformation:
+    """torch.nn.utils.clip_grad_norm_: g *= min(1, max_norm / (norm + 1e-6)). optax.clip_by_global_norm scales
+    by max_norm / norm instead, which differs when the norm is close to max_norm."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        leaves = jax.tree.leaves(updates)
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in leaves))
+        coef = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+        return jax.tree.map(lambda g: g * coef.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parameter groups
+
+
+def _key_name(key) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(key, attr):
+            return str(getattr(key, attr))
+    return str(key)
+
+
+def param_label(path, leaf) -> str:
+    """'adamw' for the embedding (= tied head) and norms; 'muon' for matrices: a stacked (L, in, out) block
+    weight, or a plain 2-D weight (an unstacked layer list, as upstream's rule has it)."""
+    names = [_key_name(k) for k in path]
+    if "token_embedding" in names or any("norm" in n for n in names):
+        return "adamw"
+    stacked = "transformer_blocks" in names and not any(n.isdigit() for n in names)
+    return "muon" if len(leaf.shape) == (3 if stacked else 2) else "adamw"
+
+
+def param_labels(params):
+    """Labels with the structure of `params` (a nested dict or an nnx.State)."""
+    return jax.tree_util.tree_map_with_path(param_label, params)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole optimizer
+
+
+def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+    """Clip all gradients together, then Muon for block matrices and PyTorch-style AdamW for the rest.
+    optax.adamw computes -lr*(adam + wd*p_old), the same as torch's p *= 1-lr*wd followed by the Adam step."""
+    muon_lr = lr_schedule(config.muon_lr, config.schedule, total_steps, config.warmup_ratio)
+    adamw_lr = lr_schedule(config.adamw_lr, config.schedule, total_steps, config.warmup_ratio)
+    b1, b2 = config.adam_betas
+    return optax.chain(
+        clip_by_global_norm_torch(config.grad_clip),
+        optax.partition(
+            {
+                "muon": muon(muon_lr, config.muon_momentum, config.orthogonalizer, config.ortho_steps,
+                             config.ortho_dtype),
+                "adamw": optax.adamw(adamw_lr, b1=b1, b2=b2, eps=config.adam_eps, weight_decay=config.weight_decay),
+            },
+            param_labels,
+        ),
+    )

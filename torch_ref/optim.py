@@ -1,0 +1,137 @@
+"""Muon (Polar Express or Newton-Schulz) + AdamW, the upstream PyTorch recipe (SPEC section 2).
+
+The twin of jax_nano/optim.py, section by section. Weights are in torch layout (out, in), as upstream.
+"""
+
+import torch
+from torch import nn
+
+from configs.model import ConfigError
+from configs.optim import OptimConfig, lr_factor
+
+__all__ = ["Muon", "lr_factor", "make_optimizer", "orthogonalize", "param_label", "step"]
+
+# ---------------------------------------------------------------------------------------------------------------
+# Learning-rate factor: lr_factor lives in configs.optim, shared with the JAX side; LambdaLR applies it below.
+
+# ---------------------------------------------------------------------------------------------------------------
+# Orthogonalization
+
+POLAR_EXPRESS_COEFFS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+NEWTON_SCHULZ_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def _coefficients(method: str, steps: int) -> list:
+    if method == "polar-express":
+        # The list is tuned for 5 steps; past that the last (most conservative) step repeats, as modded-nanogpt does.
+        return list(POLAR_EXPRESS_COEFFS[:steps]) + [POLAR_EXPRESS_COEFFS[-1]] * max(0, steps - 5)
+    if method == "newton-schulz":
+        return [NEWTON_SCHULZ_COEFFS] * steps
+    raise ConfigError(f"unknown orthogonalizer {method!r}; choose one of polar-express, newton-schulz")
+
+
+def orthogonalize(G: torch.Tensor, method: str = "polar-express", steps: int = 5, dtype="bfloat16") -> torch.Tensor:
+    """Upstream's orthogonalize on (..., rows, cols) matrices, batched over leading axes; result in `dtype`."""
+    X = G.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    tall = G.size(-2) > G.size(-1)
+    if tall:
+        X = X.mT
+    safety = 1.01 if method == "polar-express" else 1.0
+    X = X / (X.norm(dim=(-2, -1), keepdim=True) * safety + 1e-7)
+    for a, b, c in _coefficients(method, steps):
+        A = X @ X.mT
+        B = b * A + c * (A @ A)
+        X = a * X + B @ X
+    return X.mT if tall else X
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Muon
+
+
+class Muon(torch.optim.Optimizer):
+    """Upstream Muon: Nesterov momentum without bias correction, orthogonalize, p -= lr*sqrt(max(1, out/in))*O."""
+
+    def __init__(self, params, lr: float = 0.015, momentum: float = 0.95, method: str = "polar-express",
+                 steps: int = 5, dtype="bfloat16"):
+        _coefficients(method, steps)
+        super().__init__(params, dict(lr=lr, momentum=momentum, method=method, steps=steps, dtype=dtype))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                # Out of place (upstream lerps .grad in place) so the gradient is still there for logging.
+                u = p.grad.lerp(buf, group["momentum"])
+                o = orthogonalize(u, group["method"], group["steps"], group["dtype"])
+                p.add_(o, alpha=-group["lr"] * max(1, p.size(-2) / p.size(-1)) ** 0.5)
+        return loss
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gradient clipping: torch.nn.utils.clip_grad_norm_ is SPEC's formula, g *= min(1, max_norm / (norm + 1e-6)).
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parameter groups
+
+
+def param_label(name: str, p: torch.Tensor) -> str:
+    """'adamw' for the embedding (= tied head) and norms; 'muon' for the 2-D block weights (upstream's rule)."""
+    if "token_embedding" in name or "norm" in name:
+        return "adamw"
+    return "muon" if p.ndim == 2 else "adamw"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The whole optimizer
+
+
+def make_optimizer(config: OptimConfig, model: nn.Module, total_steps: int):
+    """([Muon, AdamW], [their LambdaLR schedulers]). LambdaLR sets lr = base*lr_factor(0) at construction and
+    the scheduler steps after the optimizer, so optimizer step s runs with lr_factor(s), as in the JAX optimizer."""
+    if total_steps < 1:
+        raise ConfigError(f"total_steps={total_steps} must be >= 1")
+    groups = {"muon": [], "adamw": []}
+    for name, p in model.named_parameters():  # yields the tied lm_head once, under token_embedding
+        groups[param_label(name, p)].append(p)
+    muon = Muon(groups["muon"], lr=config.muon_lr, momentum=config.muon_momentum, method=config.orthogonalizer,
+                steps=config.ortho_steps, dtype=config.ortho_dtype)
+    on_cuda = all(p.is_cuda for p in groups["adamw"])
+    adamw = torch.optim.AdamW(groups["adamw"], lr=config.adamw_lr, betas=config.adam_betas, eps=config.adam_eps,
+                              weight_decay=config.weight_decay, **({"fused": True} if on_cuda else {"foreach": True}))
+    optimizers = [muon, adamw]
+
+    def factor(s: int) -> float:
+        return lr_factor(config.schedule, s, total_steps, config.warmup_ratio)
+
+    return optimizers, [torch.optim.lr_scheduler.LambdaLR(opt, factor) for opt in optimizers]
+
+
+def step(model: nn.Module, optimizers: list, schedulers: list, grad_clip: float) -> torch.Tensor:
+    """One upstream optimizer step after backward(): clip all gradients together, step both optimizers, advance
+    the schedules, drop the gradients. Returns the gradient norm before clipping."""
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    for opt in optimizers:
+        opt.step()
+    for sched in schedulers:
+        sched.step()
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    return grad_norm
