@@ -19,6 +19,10 @@ from configs.tracks import Track
 class NonFiniteLoss(UserError):
     """The loss became NaN or inf; the message names the step."""
 
+    def __init__(self, step: int, loss: float):
+        super().__init__(f"train loss is {loss} at step {step}; stopping (the last good checkpoint is kept)")
+        self.step = step
+
 
 class Clock:
     """Active Training Time: runs only between `resume()` and `pause()`."""
@@ -70,7 +74,7 @@ def run(track: Track, trainer, loader, val_NBT, *, progress: Progress, log=None,
         step, handle = pending.popleft()
         loss = trainer.read(handle)
         if not math.isfinite(loss):
-            raise NonFiniteLoss(f"train loss is {loss} at step {step}; stopping (the last good checkpoint is kept)")
+            raise NonFiniteLoss(step, loss)
         progress.losses.append(loss)
         elapsed = clock.read()
         tokens = (step + 1) * track.tokens_per_step

@@ -77,7 +77,9 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
                        "or --run-name NAME to start a new one")
     cfg = get_model_config(track.model)
     store = data.open_store(track.data, vocab_size=cfg.vocab_size, seq_len=track.seq_len)
-    data.require_tokens(store, track.target_tokens or track.tokens_per_step, track.name)
+    # A token track must not repeat data; a loss track may (it stops when it stops).
+    needed = track.total_steps * track.tokens_per_step if not track.is_loss_track else track.tokens_per_step
+    data.require_tokens(store, needed, track.name)
     val_NBT = data.val_batches(store, track.batch_size, track.eval_batches)
     init_state_dict = None
     if init_from is not None:
@@ -95,8 +97,13 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     counter.active = True
     try:
         with report.MetricsLog(results_dir / f"{run_name}.jsonl", append=resume) as log:
-            progress = loop.run(track, trainer, loader, val_NBT, progress=progress, log=log, stop_after=stop_after,
-                                show_bar=show_bar)
+            try:
+                progress = loop.run(track, trainer, loader, val_NBT, progress=progress, log=log,
+                                    stop_after=stop_after, show_bar=show_bar)
+            except loop.NonFiniteLoss as e:
+                # A checkpoint taken after k steps holds the weights that gave step k's loss.
+                trainer.discard_checkpoints(from_step=e.step)
+                raise
             counter.active = False
             if not loop.finished(track, progress):
                 trainer.save(progress)

@@ -83,7 +83,6 @@ class JaxTrainer:
         self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: GPT(self.cfg, rngs=nnx.Rngs(0))))
         self.batch_sharding = None
         self.state_sharding = None
-        self.compiles = 0
         self._manager = None
 
     # -- state ---------------------------------------------------------------------------------------------
@@ -165,6 +164,13 @@ class JaxTrainer:
             return None
         self.state, progress = found
         return progress
+
+    def discard_checkpoints(self, from_step: int):
+        mgr = self.manager()
+        mgr.wait_until_finished()
+        for step in mgr.all_steps():
+            if step >= from_step:
+                mgr.delete(step)
 
     def close(self):
         if self._manager is not None:

@@ -142,6 +142,11 @@ class TorchTrainer:
             obj.load_state_dict(state)
         return Progress(**payload["progress"])
 
+    def discard_checkpoints(self, from_step: int):
+        for path in self._checkpoints():
+            if int(path.stem) >= from_step:
+                path.unlink()
+
     def close(self):
         pass
 

@@ -1,0 +1,133 @@
+"""The speedrun trainers: they learn, stop at the right step, resume exactly and agree with each other."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from jax_nano import loop
+from jax_nano.speedrun import RunError, speedrun
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(track, tmp_path, **kw):
+    return speedrun(track, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs", show_bar=False, **kw)
+
+
+def losses(tmp_path, run_name):
+    lines = (tmp_path / "results" / f"{run_name}.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if "loss" in r]
+
+
+def test_jax_training_lowers_the_loss_without_recompiling(toy_track, tmp_path):
+    summary = run(toy_track(), tmp_path)
+    curve = losses(tmp_path, summary["run"])
+    assert len(curve) == summary["steps"] == 30
+    assert np.mean(curve[-5:]) < curve[0] - 1.0, f"loss did not fall: {curve[0]:.3f} -> {curve[-5:]}"
+    assert summary["compiles_during_run"] == 0
+    assert (tmp_path / "results" / f"{summary['run']}.png").stat().st_size > 0
+    assert summary["val_loss"] < curve[0]
+
+
+def test_loss_track_stops_at_the_true_first_step_under_target(toy_track, tmp_path):
+    reference = run(toy_track(), tmp_path, run_name="ref", export_to=tmp_path / "ref.pt")
+    curve = losses(tmp_path, "ref")
+    # A target first met at step k, with k well inside the run and after the loss has already fallen.
+    k = next(i for i in range(5, len(curve)) if curve[i] < min(curve[:i]) - 1e-3)
+    target = curve[k]
+    summary = run(toy_track(target_tokens=None, target_loss=target, max_steps=len(curve)), tmp_path,
+                  run_name="loss-track", export_to=tmp_path / "stop.pt")
+    assert summary["reached_target"] and summary["steps"] == k + 1, (k, summary["steps"])
+    assert summary["tokens"] == (k + 1) * 8 * 64
+    assert losses(tmp_path, "loss-track") == curve[: k + 1]
+    # The weights are those after step k, not after the step dispatched while step k's loss was read.
+    exact = run(toy_track(max_steps=k + 1), tmp_path, run_name="k-steps", export_to=tmp_path / "exact.pt")
+    assert exact["steps"] == k + 1 and reference["steps"] > k + 1
+    stopped, expected = torch.load(tmp_path / "stop.pt"), torch.load(tmp_path / "exact.pt")
+    assert all(torch.equal(stopped[n], expected[n]) for n in expected)
+
+
+@pytest.mark.parametrize("framework", ["jax", "torch"])
+def test_killed_and_resumed_run_equals_uninterrupted_run(toy_track, tmp_path, framework):
+    track = toy_track(framework=framework, checkpoint_every=4, target_tokens=8 * 64 * 14)
+    whole = run(track, tmp_path, run_name="whole")
+    first = run(track, tmp_path, run_name="split", stop_after=9)
+    assert not first["finished"] and first["next_step"] == 9
+    resumed = run(track, tmp_path, run_name="split", resume=True)
+    # Bit-identical on CPU float32: same data position, optimizer state and weights.
+    assert losses(tmp_path, "split") == losses(tmp_path, "whole")
+    assert resumed["val_loss"] == whole["val_loss"] and resumed["steps"] == whole["steps"] == 14
+
+
+def test_jax_and_torch_trainers_give_the_same_loss_curve(toy_track, tmp_path):
+    """Same initial weights (exported from JAX), same batches, float32: curves within 1e-4 for 30 steps."""
+    init = run(toy_track(max_steps=1, optim=toy_track().optim.replace(muon_lr=0.0, adamw_lr=0.0)), tmp_path,
+               run_name="init", export_to=tmp_path / "init.pt")
+    assert init["steps"] == 1
+    for framework in ("jax", "torch"):
+        run(toy_track(framework=framework), tmp_path, run_name=framework, init_from=tmp_path / "init.pt")
+    jax_curve, torch_curve = np.array(losses(tmp_path, "jax")), np.array(losses(tmp_path, "torch"))
+    worst = int(np.argmax(np.abs(jax_curve - torch_curve)))
+    assert len(jax_curve) == len(torch_curve) == 30
+    assert abs(jax_curve[worst] - torch_curve[worst]) <= 1e-4, (
+        f"step {worst}: jax {jax_curve[worst]:.6f} torch {torch_curve[worst]:.6f}")
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(toy_track, tmp_path):
+    blowup = toy_track(checkpoint_every=1, optim=toy_track().optim.replace(adamw_lr=1e38))
+    with pytest.raises(loop.NonFiniteLoss, match=r"at step (\d+)") as info:
+        run(blowup, tmp_path, run_name="nan")
+    kept = sorted(int(p.name) for p in (tmp_path / "runs" / "nan" / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept and max(kept) <= info.value.step, (kept, info.value.step)
+
+
+def test_resume_errors_are_one_line(toy_track, tmp_path):
+    with pytest.raises(RunError, match="has no checkpoint"):
+        run(toy_track(), tmp_path, run_name="never", resume=True)
+    run(toy_track(max_steps=4, checkpoint_every=2), tmp_path, run_name="taken")
+    with pytest.raises(RunError, match="already has checkpoints"):
+        run(toy_track(max_steps=4), tmp_path, run_name="taken")
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "speedrun.py"), "--no-bar", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_bad_input_is_a_one_line_error_and_overwrites_nothing(toy_store, tmp_path):
+    base = ["--model", "tiny", "--data", toy_store, "--seq-len", "64", "--warmup-steps", "1", "--eval-batches", "2"]
+    cases = {
+        ("--track", "nope"): "unknown track 'nope'",
+        ("--tokens", "100", "--target-loss", "3"): "--tokens and --target-loss conflict",
+        ("--resume",): "has no checkpoint",
+        ("--record",): "has no leaderboard",
+        ("--data", str(tmp_path / "missing")): "does not exist",
+        ("--muon-lr", "-1"): "muon_lr=-1.0 is negative",
+    }
+    for extra, message in cases.items():
+        out = cli(*base, *extra, cwd=tmp_path)
+        assert out.returncode == 2, (extra, out.stderr[-500:])
+        assert message in out.stderr and "Traceback" not in out.stderr, (extra, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    # A checkpoint of another model, then a corrupted one: refused, and left where it was.
+    assert cli(*base, "--max-steps", "2", "--run-name", "r", cwd=tmp_path).returncode == 0
+    before = sorted(p.name for p in (tmp_path / "runs" / "r" / "checkpoints").iterdir())
+    foreign = cli(*base, "--max-steps", "2", "--run-name", "r", "--resume", "--batch-size", "4", cwd=tmp_path)
+    assert foreign.returncode == 2 and "from another run" in foreign.stderr, foreign.stderr[-800:]
+    for f in (tmp_path / "runs" / "r" / "checkpoints").rglob("*"):
+        if f.is_file() and f.suffix != ".json":
+            f.write_bytes(b"garbage")
+    broken = cli(*base, "--max-steps", "2", "--run-name", "r", "--resume", cwd=tmp_path)
+    assert broken.returncode == 2 and "checkpoint" in broken.stderr and "Traceback" not in broken.stderr
+    assert sorted(p.name for p in (tmp_path / "runs" / "r" / "checkpoints").iterdir()) == before
+
+
+def test_smoke_command_runs_from_the_cli(tmp_path):
+    out = cli("--track", "smoke", "--max-steps", "4", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "Active Training Time" in out.stdout and (tmp_path / "results" / "smoke-jax.json").is_file()
