@@ -21,6 +21,7 @@ from jax_nano import optim as jopt
 from jax_nano.convert import expected_torch_shapes, jax_to_torch, load_params, torch_to_jax
 from jax_nano.model import GPT
 from jax_nano.model import loss_fn as jax_loss
+from parity_tests.compare import assert_all_close, rel_errors
 from torch_ref import optim as topt
 from torch_ref.model import MinimalLLM
 from torch_ref.model import loss_fn as torch_loss
@@ -36,23 +37,6 @@ def torch_single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-def rel_errors(actual: dict, expected: dict) -> dict:
-    """Frobenius relative error per tensor, in float64."""
-    out = {}
-    for name, e in expected.items():
-        a = np.asarray(actual[name], np.float64)
-        e = np.asarray(e, np.float64)
-        out[name] = float(np.linalg.norm(a - e) / max(np.linalg.norm(e), 1e-30))
-    return out
-
-
-def assert_close(actual: dict, expected: dict, tol: float, what: str) -> dict:
-    errs = rel_errors(actual, expected)
-    worst = sorted(errs.items(), key=lambda kv: -kv[1])[:3]
-    assert worst[0][1] <= tol, f"{what}: worst {worst[0][0]} rel err {worst[0][1]:.3e} > {tol:.1e}; next {worst[1:]}"
-    return errs
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -110,13 +94,13 @@ def orthogonalize_both(method: str, dtype: str, strict_rounding: bool) -> tuple[
                                           ("newton-schulz", "float32")])
 def test_orthogonalize_matches_torch(method, dtype):
     ours, ref = orthogonalize_both(method, dtype, strict_rounding=True)
-    assert_close(ours, ref, ORTHO_TOL[dtype], f"orthogonalize {method} {dtype}")
+    assert_all_close(ours, ref, ORTHO_TOL[dtype], what=f"orthogonalize {method} {dtype}")
 
 
 @pytest.mark.parametrize("method", ["polar-express", "newton-schulz"])
 def test_orthogonalize_bf16_default_jit(method):
     ours, ref = orthogonalize_both(method, "bfloat16", strict_rounding=False)
-    assert_close(ours, ref, ORTHO_TOL_DEFAULT_JIT, f"orthogonalize {method} bf16, default jit")
+    assert_all_close(ours, ref, ORTHO_TOL_DEFAULT_JIT, what=f"orthogonalize {method} bf16, default jit")
 
 
 def test_polar_express_singular_values():
@@ -176,7 +160,7 @@ def test_full_step_matches_torch(preset, fused):
     cfg = get_model_config(preset, fused_qkvo=fused, n_layers=2)
     # Step 0 has factor 0 (fills the momenta); step 1 moves every weight.
     ours, ref, before = run_both(cfg, F32, n_steps=2)
-    errs = assert_close(ours, ref, 1e-5, f"{preset} fused={fused} after 2 steps")
+    errs = assert_all_close(ours, ref, 1e-5, what=f"{preset} fused={fused} after 2 steps")
     moved = rel_errors(ref, before)
     assert min(moved.values()) > 1e-4, f"a tensor did not move: {min(moved, key=moved.get)}"
     assert max(errs.values()) < 1e-2 * min(moved.values())
@@ -185,8 +169,8 @@ def test_full_step_matches_torch(preset, fused):
 def test_first_step_moves_nothing():
     cfg = get_model_config("tiny")
     ours, ref, before = run_both(cfg, OptimConfig(), n_steps=1)
-    assert_close(ours, before, 0.0, "JAX step 0")
-    assert_close(ref, before, 0.0, "torch step 0")
+    assert_all_close(ours, before, 0.0, what="JAX step 0")
+    assert_all_close(ref, before, 0.0, what="torch step 0")
 
 
 def test_bf16_params_keep_bf16_state():
@@ -248,10 +232,9 @@ def test_training_matches_torch(dtype, loss_tol, param_tol):
     config = OptimConfig(ortho_dtype=dtype, schedule="cosine", warmup_ratio=0.1)
     losses_j, losses_t, ours, ref = train_both(config)
     diff = np.abs(losses_j - losses_t)
-    print(f"{dtype}: max loss diff {diff.max():.2e}, max param rel err {max(rel_errors(ours, ref).values()):.2e}")
     assert diff.max() <= loss_tol, f"{dtype}: loss differs by {diff.max():.2e} at step {diff.argmax()}"
     assert losses_t[-1] < losses_t[0] - 0.5, "training did not reduce the loss"
-    assert_close(ours, ref, param_tol, f"{dtype}: parameters after 50 steps")
+    assert_all_close(ours, ref, param_tol, what=f"{dtype}: parameters after 50 steps")
 
 
 # ---------------------------------------------------------------------------------------------------------------
