@@ -98,9 +98,12 @@ class MuonState(NamedTuple):
 
 
 def muon(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.95, method: str = "polar-express",
-         steps: int = 5, dtype="bfloat16") -> optax.GradientTransformation:
+         steps: int = 5, dtype="bfloat16", whole_matrices=None) -> optax.GradientTransformation:
     """Upstream Muon on Flax kernels (..., in, out): Nesterov momentum without bias correction, orthogonalized
-    in torch layout, scaled by lr * sqrt(max(1, out/in)). The momentum buffer has the parameter's dtype."""
+    in torch layout, scaled by lr * sqrt(max(1, out/in)). The momentum buffer has the parameter's dtype.
+
+    `whole_matrices` (sharded training, jax_nano/sharding.py): applied to each update before it is
+    orthogonalized, a sharding constraint that leaves no matrix split across devices."""
     _coefficients(method, steps)  # fail at construction, not inside jit
     schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
 
@@ -114,6 +117,8 @@ def muon(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.95, method: 
         lr = jnp.asarray(schedule(state.count), jnp.float32)
 
         def step(u_LIO):
+            if whole_matrices is not None:
+                u_LIO = whole_matrices(u_LIO)
             o_LIO = jnp.swapaxes(orthogonalize(jnp.swapaxes(u_LIO, -1, -2), method, steps, dtype), -1, -2)
             d_in, d_out = u_LIO.shape[-2:]
             # One float32 multiply by lr*scale and one rounding, like torch's p.add_(O, alpha=-lr*scale).
@@ -172,9 +177,10 @@ def param_labels(params):
 # The whole optimizer
 
 
-def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(config: OptimConfig, total_steps: int, whole_matrices=None) -> optax.GradientTransformation:
     """Clip all gradients together, then Muon for block matrices and PyTorch-style AdamW for the rest.
-    optax.adamw computes -lr*(adam + wd*p_old), the same as torch's p *= 1-lr*wd followed by the Adam step."""
+    optax.adamw computes -lr*(adam + wd*p_old), the same as torch's p *= 1-lr*wd followed by the Adam step.
+    `whole_matrices`: see `muon` (None on one device)."""
     muon_lr = lr_schedule(config.muon_lr, config.schedule, total_steps, config.warmup_ratio)
     adamw_lr = lr_schedule(config.adamw_lr, config.schedule, total_steps, config.warmup_ratio)
     b1, b2 = config.adam_betas
@@ -183,7 +189,7 @@ def make_optimizer(config: OptimConfig, total_steps: int) -> optax.GradientTrans
         optax.partition(
             {
                 "muon": muon(muon_lr, config.muon_momentum, config.orthogonalizer, config.ortho_steps,
-                             config.ortho_dtype),
+                             config.ortho_dtype, whole_matrices),
                 "adamw": optax.adamw(adamw_lr, b1=b1, b2=b2, eps=config.adam_eps, weight_decay=config.weight_decay),
             },
             param_labels,

@@ -21,12 +21,12 @@ class RunError(UserError):
     """A run that cannot start as asked; one line with the fix."""
 
 
-def make_trainer(track: Track, run_dir: Path, init_state_dict=None):
+def make_trainer(track: Track, run_dir: Path, init_state_dict=None, mesh=None):
     cfg = get_model_config(track.model)
     if track.framework == "jax":
         from jax_nano.train import JaxTrainer
 
-        return JaxTrainer(track, cfg, run_dir=run_dir, init_state_dict=init_state_dict)
+        return JaxTrainer(track, cfg, run_dir=run_dir, init_state_dict=init_state_dict, mesh=mesh)
     from torch_ref.train import TorchTrainer
 
     return TorchTrainer(track, cfg, run_dir=run_dir, init_state_dict=init_state_dict)
@@ -63,11 +63,36 @@ def compile_counter() -> CompileCounter:
     return _COMPILES
 
 
+def choose_mesh(track: Track, mesh: str | None):
+    """The JAX mesh for this run: the one `mesh` asks for, or every device on the data axis when there is more
+    than one device (None, the plain single-device path, otherwise)."""
+    from jax_nano import sharding
+
+    if track.framework != "jax":
+        if mesh is not None:
+            raise RunError(f"--mesh {mesh!r} applies to the jax framework only; drop it for --framework torch")
+        return None
+    if mesh is None and jax.device_count() == 1:
+        return None
+    built = sharding.make_mesh(mesh)
+    sharding.check_batch(track.batch_size, built)
+    return built
+
+
 def speedrun(track: Track, *, run_name: str | None = None, results_dir="results", runs_dir="runs", resume=False,
-             stop_after: int | None = None, init_from=None, export_to=None, show_bar=True) -> dict:
+             stop_after: int | None = None, init_from=None, export_to=None, show_bar=True,
+             mesh: str | None = None) -> dict:
     """Run `track`; returns the summary (also written to results/<run>.json), or a partial one when stopped by
-    `stop_after` (then a checkpoint lets `resume=True` continue)."""
+    `stop_after` (then a checkpoint lets `resume=True` continue).
+
+    `mesh` ("data=N,fsdp=M", jax_nano/sharding.py): the devices to train on; default every device on the data
+    axis. Under `jax.distributed` every process calls this alike: each loads only its share of each training
+    batch (the validation batches, small, are read whole by every process and sharded the same way); only
+    process 0 writes the results, the plot and the exported weights, and shows the progress bar."""
     run_name = run_name or f"{track.name}-{track.framework}"
+    built_mesh = choose_mesh(track, mesh)
+    lead = jax.process_index() == 0
+    share = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     run_dir, results_dir = Path(runs_dir) / run_name, Path(results_dir)
     has_checkpoints = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
     if resume and not has_checkpoints:
@@ -87,19 +112,19 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
 
         init_state_dict = torch.load(init_from, map_location="cpu", weights_only=True)
 
-    trainer = make_trainer(track, run_dir, init_state_dict)
-    warm = data.TrainLoader(store, track.batch_size, track.seed, prefetch=0)
+    trainer = make_trainer(track, run_dir, init_state_dict, built_mesh)
+    warm = data.TrainLoader(store, track.batch_size, track.seed, prefetch=0, **share)
     setup_s = trainer.setup([warm.batch(i) for i in range(track.warmup_steps)], val_NBT)
     progress = trainer.restore() if resume else loop.Progress()
-    loader = data.TrainLoader(store, track.batch_size, track.seed, start_step=progress.next_step)
+    loader = data.TrainLoader(store, track.batch_size, track.seed, start_step=progress.next_step, **share)
     counter = compile_counter()
     compiles_before = counter.count
     counter.active = True
     try:
-        with report.MetricsLog(results_dir / f"{run_name}.jsonl", append=resume) as log:
+        with (report.MetricsLog(results_dir / f"{run_name}.jsonl", append=resume) if lead else _NoLog()) as log:
             try:
                 progress = loop.run(track, trainer, loader, val_NBT, progress=progress, log=log,
-                                    stop_after=stop_after, show_bar=show_bar)
+                                    stop_after=stop_after, show_bar=show_bar and lead)
             except loop.NonFiniteLoss as e:
                 # A checkpoint taken after k steps holds the weights that gave step k's loss.
                 trainer.discard_checkpoints(from_step=e.step)
@@ -121,17 +146,31 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     if export_to is not None:
         import torch
 
+        state_dict = trainer.export_state_dict()  # every process: a gather under a mesh
+    if export_to is not None and lead:
         Path(export_to).parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(f"{export_to}.tmp")
-        torch.save(trainer.export_state_dict(), tmp)
+        torch.save(state_dict, tmp)
         tmp.replace(export_to)
 
     summary = summarize(track, trainer, progress, final, setup_s, run_name, counter.count - compiles_before)
+    if not lead:
+        return summary
     report.write_json_atomic(results_dir / f"{run_name}.json", summary)
     steps = list(range(len(progress.losses)))
     report.plot_curves({track.framework: (steps, progress.losses)}, results_dir / f"{run_name}.png", xlabel="step",
                        title=f"{track.name}: {track.framework} on {summary['device']}", hline=track.target_loss)
     return summary
+
+
+class _NoLog:
+    """The metrics log of a process other than 0: writes nothing."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
 
 
 def summarize(track: Track, trainer, progress: loop.Progress, final: dict, setup_s: float, run_name: str,
@@ -143,6 +182,8 @@ def summarize(track: Track, trainer, progress: loop.Progress, final: dict, setup
     device = trainer.device_name()
     verdict = eligibility(cfg, band_of=cfg.name)
     peak = trainer.peak_memory_bytes()
+    par = trainer.parallelism() if hasattr(trainer, "parallelism") else {
+        "n_devices": 1, "n_processes": 1, "mesh": "single-device"}
     return {
         "run": run_name, "finished": True, "track": track.name, "framework": track.framework,
         "date": datetime.date.today().isoformat(), "device": device, "commit": git_commit(),
@@ -157,6 +198,8 @@ def summarize(track: Track, trainer, progress: loop.Progress, final: dict, setup
         "tokens_per_s": tokens_per_s, "mfu": report.mfu(tokens_per_s, cfg, track.seq_len, device),
         "peak_memory_bytes": peak, "params": verdict.jax_params, "eligible": verdict.eligible,
         "compiles_during_run": compiles, "evals": progress.evals,
+        "n_devices": par["n_devices"], "n_processes": par["n_processes"], "mesh": par["mesh"],
+        "tokens_per_s_per_device": tokens_per_s / par["n_devices"],
         "track_config": dataclasses.asdict(track),
     }
 
@@ -179,6 +222,9 @@ def describe(summary: dict) -> str:
         f"{'eligible' if summary['eligible'] else 'not eligible'} for a leaderboard",
         f"  results/{summary['run']}.json, .jsonl, .png",
     ]
+    if summary.get("n_devices", 1) > 1:
+        lines.insert(1, f"  {summary['n_devices']} devices in {summary['n_processes']} process(es), mesh "
+                        f"{summary['mesh']}: {summary['tokens_per_s_per_device']:,.0f} tokens/s per device")
     if summary["reached_target"] is False:
         lines.insert(1, "  target loss NOT reached within the step budget")
     return "\n".join(lines)

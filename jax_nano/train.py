@@ -3,6 +3,11 @@
 The Flax NNX model is split into a static graph and a parameter state (`nnx.split`) around `jax.jit`; the
 state is donated, so every step updates the weights in place. Compilation and the untimed warm-up happen in
 `setup()`, before the clock starts (jax_nano/loop.py).
+
+With a mesh (jax_nano/sharding.py) the same step is compiled with `in_shardings`/`out_shardings`: the batch is
+split across every device, the state replicated (data parallel) or split along "fsdp" (ZeRO-3), and XLA adds
+the collectives. The global batch and the learning-rate recipe do not change, so N devices run the same
+optimization as one.
 """
 
 import platform
@@ -18,6 +23,7 @@ from flax import nnx
 from configs.model import ModelConfig
 from configs.tracks import Track
 from jax_nano import checkpoint as ckpt
+from jax_nano import sharding as shd
 from jax_nano.convert import jax_to_torch, load_params, torch_to_jax
 from jax_nano.model import GPT, loss_fn
 from jax_nano.optim import make_optimizer
@@ -75,28 +81,58 @@ class JaxTrainer:
     framework = "jax"
     lag = 1
 
-    def __init__(self, track: Track, cfg: ModelConfig, *, run_dir=None, init_state_dict=None, seed: int | None = None):
+    def __init__(self, track: Track, cfg: ModelConfig, *, run_dir=None, init_state_dict=None, seed: int | None = None,
+                 mesh: jax.sharding.Mesh | None = None):
         self.track, self.cfg = track, model_config_for(track, cfg)
         self.seed = track.seed if seed is None else seed
         self.run_dir, self.init_state_dict = run_dir, init_state_dict
-        self.tx = make_optimizer(track.optim, track.total_steps)
+        self.mesh = mesh
+        # Muon under sharding: see sharding.whole_matrices (stacked weights split along the layer axis are
+        # orthogonalized where they lie; any other split matrix is gathered inside the step first).
+        self.tx = make_optimizer(track.optim, track.total_steps,
+                                 whole_matrices=shd.whole_matrices(mesh) if mesh is not None else None)
         self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: GPT(self.cfg, rngs=nnx.Rngs(0))))
         self.batch_sharding = None
         self.state_sharding = None
+        self._replicated = None
+        if mesh is not None:
+            shd.check_batch(track.batch_size, mesh)
+            self.batch_sharding = shd.batch_sharding(mesh)
+            self.state_sharding = shd.state_sharding(mesh, jax.eval_shape(self._fresh_state))
+            self._replicated = shd.replicated(mesh)
+        # The init is jitted with the state's shardings as outputs: each device computes only its shards, so a
+        # large model never materializes whole on one device.
+        self._init = jax.jit(self._fresh_state, **self._out(self.state_sharding))
         self._manager = None
+
+    @staticmethod
+    def _out(sharding) -> dict:
+        return {} if sharding is None else {"out_shardings": sharding}
 
     # -- state ---------------------------------------------------------------------------------------------
 
+    def _fresh_state(self) -> TrainState:
+        params = nnx.state(GPT(self.cfg, rngs=nnx.Rngs(self.seed)), nnx.Param)
+        return TrainState(params, self.tx.init(params), jnp.zeros([], jnp.int32), jnp.zeros([], jnp.bool_))
+
     def initial_state(self) -> TrainState:
+        if self.init_state_dict is None:
+            return self._init()
         model = GPT(self.cfg, rngs=nnx.Rngs(self.seed))
-        if self.init_state_dict is not None:
-            load_params(model, torch_to_jax(self.init_state_dict, self.cfg))
+        load_params(model, torch_to_jax(self.init_state_dict, self.cfg))
         params = nnx.state(model, nnx.Param)
         state = TrainState(params, self.tx.init(params), jnp.zeros([], jnp.int32), jnp.zeros([], jnp.bool_))
         return jax.device_put(state, self.state_sharding) if self.state_sharding is not None else state
 
     def abstract_state(self):
-        return jax.eval_shape(self.initial_state)
+        """ShapeDtypeStructs of the state, carrying this trainer's shardings (a restore target: a checkpoint
+        saved on another device count is resharded onto this mesh as it is read)."""
+        abstract = jax.eval_shape(self._fresh_state)
+        shardings = self.state_sharding
+        if shardings is None:
+            device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+            shardings = jax.tree.map(lambda _: device, abstract)
+        return shd.with_sharding(abstract, shardings)
 
     # -- compile, warm up, reset ---------------------------------------------------------------------------
 
@@ -107,24 +143,40 @@ class JaxTrainer:
         abstract = self.abstract_state()
         batch_spec = jax.ShapeDtypeStruct((self.track.batch_size, self.track.seq_len), jnp.int32,
                                           sharding=self.batch_sharding)
-        self._step = jax.jit(make_train_step(self.graphdef, self.tx, self.track.target_loss),
-                             donate_argnums=0).lower(abstract, batch_spec).compile()
-        self._eval = jax.jit(make_eval_step(self.graphdef)).lower(abstract.params, batch_spec).compile()
+        sharded = {}
+        if self.mesh is not None:
+            sharded = {"in_shardings": (self.state_sharding, self.batch_sharding),
+                       "out_shardings": (self.state_sharding, self._replicated)}
+        self._step = jax.jit(make_train_step(self.graphdef, self.tx, self.track.target_loss), donate_argnums=0,
+                             **sharded).lower(abstract, batch_spec).compile()
+        if self.mesh is not None:
+            sharded = {"in_shardings": (self.state_sharding.params, self.batch_sharding),
+                       "out_shardings": self._replicated}
+        self._eval = jax.jit(make_eval_step(self.graphdef), **sharded).lower(abstract.params, batch_spec).compile()
         self.state = self.initial_state()
         for ids_BT in warmup_batches:
             self.state, metrics = self._step(self.state, self._put(ids_BT))
         if val_NBT is not None:
-            jax.block_until_ready(self._eval(self.state.params, self._put(val_NBT[0])))
+            jax.block_until_ready(self._eval(self.state.params, self._put_global(val_NBT[0])))
         jax.block_until_ready(self.state)
         self.state = self.initial_state()
         jax.block_until_ready(self.state)
         return time.perf_counter() - t0
 
     def _put(self, ids_BT):
+        """This process's rows of a global batch (its TrainLoader share) -> the global, sharded batch."""
         ids_BT = np.asarray(ids_BT, np.int32)
         if self.batch_sharding is None:
             return jnp.asarray(ids_BT)
-        return jax.make_array_from_process_local_data(self.batch_sharding, ids_BT)
+        global_shape = (self.track.batch_size, *ids_BT.shape[1:])
+        return jax.make_array_from_process_local_data(self.batch_sharding, ids_BT, global_shape)
+
+    def _put_global(self, ids_BT):
+        """A batch every process holds in full (the validation batches) -> the global, sharded batch."""
+        ids_BT = np.asarray(ids_BT, np.int32)
+        if self.batch_sharding is None:
+            return jnp.asarray(ids_BT)
+        return shd.global_array(self.batch_sharding, ids_BT)
 
     # -- the loop's interface ------------------------------------------------------------------------------
 
@@ -141,7 +193,7 @@ class JaxTrainer:
     def evaluate(self, val_NBT) -> dict:
         total_nll, total_correct = 0.0, 0
         for ids_BT in val_NBT:
-            nll, correct = self._eval(self.state.params, self._put(ids_BT))
+            nll, correct = self._eval(self.state.params, self._put_global(ids_BT))
             total_nll, total_correct = total_nll + float(nll), total_correct + int(correct)
         n = val_NBT.shape[0] * val_NBT.shape[1] * (val_NBT.shape[2] - 1)
         val_loss = total_nll / n
@@ -181,19 +233,28 @@ class JaxTrainer:
         return ckpt.fingerprint(self.track, self.cfg)
 
     def export_state_dict(self) -> dict:
-        return jax_to_torch(self.state.params, self.cfg)
+        """The weights in upstream's PyTorch layout. Collective under a mesh: every process must call it."""
+        params = self.state.params
+        if self.mesh is not None:
+            params = jax.jit(lambda p: p, out_shardings=self._replicated)(params)
+        return jax_to_torch(params, self.cfg)
 
     # -- what the summary reports --------------------------------------------------------------------------
 
     @staticmethod
     def device_name() -> str:
-        d = jax.devices()[0]
+        d = jax.local_devices()[0]
         return platform.processor() or "CPU" if d.platform == "cpu" else d.device_kind
 
     @staticmethod
     def peak_memory_bytes() -> int | None:
-        stats = jax.devices()[0].memory_stats() or {}
+        """Of this process's first device (under a mesh, every device holds about the same)."""
+        stats = jax.local_devices()[0].memory_stats() or {}
         return stats.get("peak_bytes_in_use")
+
+    def parallelism(self) -> dict:
+        return {"n_devices": shd.n_devices(self.mesh), "n_processes": jax.process_count(),
+                "mesh": shd.describe(self.mesh)}
 
     @staticmethod
     def versions() -> dict:

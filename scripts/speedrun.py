@@ -2,6 +2,8 @@
 
     python scripts/speedrun.py --track 4.5loss
     python scripts/speedrun.py --track 8M --framework torch --data processed_data/offline --record
+    python scripts/speedrun.py --track 4.5loss --mesh data=2,fsdp=4          # 8 local devices
+    python scripts/speedrun.py --track 4.5loss --coordinator host0:1234 --num-processes 2 --process-id 0
 """
 
 import argparse
@@ -63,7 +65,49 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="results")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--no-bar", action="store_true", help="no progress bar (logs still go to results/<run>.jsonl)")
+    g = p.add_argument_group("more than one device (jax)")
+    g.add_argument("--mesh", default=None, metavar="SPEC",
+                   help="device mesh: data=N (data parallel), fsdp=M (parameters and optimizer state split,\n"
+                        "ZeRO-3) or data=N,fsdp=M; default every device on data")
+    g.add_argument("--fsdp", action="store_true", help="shorthand for --mesh fsdp=<every device>")
+    g.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                   help="multi-host: address of process 0's coordinator (jax.distributed)")
+    g.add_argument("--num-processes", type=int, default=None, help="multi-host: how many processes in all")
+    g.add_argument("--process-id", type=int, default=None, help="multi-host: this process's id, 0..N-1")
+    g.add_argument("--distributed", action="store_true",
+                   help="multi-host with jax.distributed.initialize() reading its cluster's environment\n"
+                        "(SLURM, Open MPI, TPU pods, JAX_COORDINATOR_ADDRESS ...)")
     return p
+
+
+def mesh_from_args(args) -> str | None:
+    from configs.model import ConfigError
+
+    if args.fsdp:
+        if args.mesh is not None:
+            raise ConfigError("--fsdp and --mesh conflict: --fsdp means --mesh fsdp=<every device>; pass only one")
+        return "data=1"
+    return args.mesh
+
+
+def init_distributed(args) -> None:
+    """jax.distributed.initialize, before anything touches a device, when the flags ask for more than one process."""
+    from configs.model import ConfigError
+
+    given = [args.coordinator is not None, args.num_processes is not None, args.process_id is not None]
+    if not any(given) and not args.distributed:
+        return
+    import jax
+
+    if any(given):
+        if not all(given):
+            raise ConfigError("--coordinator, --num-processes and --process-id go together; pass all three "
+                              "(or --distributed to read them from the cluster's environment)")
+        if not 0 <= args.process_id < args.num_processes:
+            raise ConfigError(f"--process-id {args.process_id} is outside 0..{args.num_processes - 1}")
+        jax.distributed.initialize(args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
+    else:
+        jax.distributed.initialize()
 
 
 def track_from_args(args):
@@ -80,7 +124,7 @@ def track_from_args(args):
             (optim if field.startswith("optim.") else track)[field.removeprefix("optim.")] = value
     if "target_tokens" in track:
         track["target_loss"] = None
-    if "target_loss" in track:
+    elif "target_loss" in track:
         track["target_tokens"] = None
     base = get_track(args.track)
     if optim:
@@ -96,6 +140,13 @@ def main(argv=None) -> int:
 
         raise ConfigError(f"track {track.name!r} has no leaderboard; --record needs a real track")
 
+    mesh = mesh_from_args(args)
+    if mesh is not None and track.framework != "jax":
+        from configs.model import ConfigError
+
+        raise ConfigError("--mesh and --fsdp apply to the jax framework only")
+    init_distributed(args)
+
     import jax
 
     from jax_nano import speedrun
@@ -106,7 +157,9 @@ def main(argv=None) -> int:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     summary = speedrun.speedrun(track, run_name=args.run_name, results_dir=args.results_dir, runs_dir=args.runs_dir,
                                 resume=args.resume, stop_after=args.stop_after, init_from=args.init_from,
-                                export_to=args.export_torch, show_bar=not args.no_bar)
+                                export_to=args.export_torch, show_bar=not args.no_bar, mesh=mesh)
+    if jax.process_index() != 0:
+        return 0
     if not summary["finished"]:
         print(f"stopped at step {summary['next_step']}; continue with --resume --run-name {summary['run']}")
         return 0

@@ -1,0 +1,584 @@
+"""JAX vs PyTorch head to head (SPEC section 5: one run, one machine, interleaved, several times).
+
+`compare(track, repeats=N)` trains the same track in both frameworks, alternating JAX, PyTorch, JAX, ... from
+the same initial weights (the JAX initialisation, exported once as a PyTorch state_dict and given to every run
+as `init_from`), and writes one report: Markdown, JSON and a PNG of the loss-vs-Active-Training-Time curves.
+
+Every run is its own process (`python -m jax_nano.compare _worker JOB`), so that
+- JAX's GPU memory pool and PyTorch's caching allocator never share one process (each would starve the other),
+  and peak device memory is per run, not the maximum over everything the process did before;
+- "cold" and "warm" Setup & Compilation Time mean what they say: the comparison gets fresh, empty compilation
+  caches (JAX's persistent cache, TorchInductor's and Triton's), so each framework's first run compiles from
+  scratch and its later runs start from the cache its first run filled, as a second `speedrun.py` would.
+
+The statistics (median, spread, Welch's t-test with its own Student-t CDF; scipy is not a dependency) are
+plain functions here so that the tests can check them against known values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import pickle
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from configs.errors import UserError
+from configs.tracks import Track
+
+ROOT = Path(__file__).resolve().parent.parent
+FRAMEWORKS = ("jax", "torch")
+LABEL = {"jax": "JAX", "torch": "PyTorch"}
+
+
+class CompareError(UserError):
+    """A comparison that cannot run as asked; one line with the fix."""
+
+
+# -- statistics -----------------------------------------------------------------------------------------------
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the regularized incomplete beta function (modified Lentz's method)."""
+    tiny, eps = 1e-300, 3e-16
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 10_000):
+        m2 = 2 * m
+        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        h *= d * c
+        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
+        d = 1.0 + aa * d
+        d = 1.0 / (d if abs(d) > tiny else tiny)
+        c = 1.0 + aa / c
+        c = c if abs(c) > tiny else tiny
+        delta = d * c
+        h *= delta
+        if abs(delta - 1.0) < eps:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularized incomplete beta function I_x(a, b), for a, b > 0 and 0 <= x <= 1."""
+    if not (a > 0 and b > 0):
+        raise ValueError(f"betainc needs a, b > 0, got a={a}, b={b}")
+    if not 0.0 <= x <= 1.0:
+        raise ValueError(f"betainc needs 0 <= x <= 1, got x={x}")
+    if x == 0.0 or x == 1.0:
+        return x
+    log_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    # The continued fraction converges fast for x < (a+1)/(a+b+2); otherwise use the symmetry I_x(a,b) = 1-I_{1-x}(b,a).
+    if x < (a + 1.0) / (a + b + 2.0):
+        return math.exp(log_front) * _betacf(a, b, x) / a
+    return 1.0 - math.exp(log_front) * _betacf(b, a, 1.0 - x) / b
+
+
+def student_t_sf2(t: float, df: float) -> float:
+    """Two-sided p-value P(|T| >= |t|) of Student's t distribution with `df` (real, > 0) degrees of freedom."""
+    if not df > 0:
+        raise ValueError(f"degrees of freedom must be positive, got {df}")
+    if math.isinf(t):
+        return 0.0
+    return min(1.0, betainc(df / 2.0, 0.5, df / (df + t * t)))
+
+
+def welch_t_test(a, b) -> dict | None:
+    """Welch's unequal-variance t-test of mean(a) vs mean(b): t, Welch-Satterthwaite df and the two-sided p.
+    None when either sample has fewer than 2 values."""
+    a, b = [float(v) for v in a], [float(v) for v in b]
+    if len(a) < 2 or len(b) < 2:
+        return None
+    ma, mb = statistics.fmean(a), statistics.fmean(b)
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    se2 = va + vb
+    if se2 == 0.0:  # both samples constant: identical means are no evidence of a difference, distinct ones are
+        return {"t": 0.0 if ma == mb else math.copysign(math.inf, ma - mb), "df": None,
+                "p": 1.0 if ma == mb else 0.0}
+    t = (ma - mb) / math.sqrt(se2)
+    df = se2 * se2 / (va * va / (len(a) - 1) + vb * vb / (len(b) - 1))
+    return {"t": t, "df": df, "p": student_t_sf2(t, df)}
+
+
+def spread(values) -> dict | None:
+    """Median, min, max, sample stdev (None for one value) and mean of the non-None values; None if none."""
+    vals = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not vals:
+        return None
+    return {"median": statistics.median(vals), "min": min(vals), "max": max(vals),
+            "stdev": statistics.stdev(vals) if len(vals) > 1 else None, "mean": statistics.fmean(vals),
+            "n": len(vals), "values": vals}
+
+
+def ratio(num, den) -> float | None:
+    if num is None or den is None or den == 0:
+        return None
+    return num / den
+
+
+def device_slug(device: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") or "device"
+
+
+# -- the report ------------------------------------------------------------------------------------------------
+
+# key -> (label, how a value is written, whether higher is better); all come from per-run summaries.
+METRICS = {
+    "active_time_s": ("Active Training Time", "duration", False),
+    "tokens_per_s": ("tokens/s", "rate", True),
+    "mfu": ("MFU", "percent", True),
+    "setup_cold_s": ("Setup & Compilation Time, cold (first run)", "duration", False),
+    "setup_warm_s": ("Setup & Compilation Time, warm cache (later runs)", "duration", False),
+    "peak_memory_bytes": ("peak device memory", "bytes", False),
+    "train_loss": ("final train loss", "loss", False),
+    "val_loss": ("final val loss", "loss", False),
+    "steps": ("steps", "int", None),
+    "steps_to_target": ("steps to target", "int", False),
+    "tokens_per_s_per_device": ("tokens/s per device", "rate", True),
+    "scaling_efficiency": ("scaling efficiency", "percent", True),
+}
+
+
+def _fmt(value, kind: str) -> str:
+    if value is None:
+        return "n/a"
+    if kind == "duration":
+        from jax_nano.report import format_duration
+
+        return format_duration(value)
+    if kind == "rate":
+        return f"{value:,.0f}"
+    if kind == "percent":
+        return f"{value:.1%}"
+    if kind == "bytes":
+        return f"{value / 2**30:.2f} GiB" if value >= 2**28 else f"{value / 2**20:.1f} MiB"
+    if kind == "loss":
+        return f"{value:.4f}"
+    return f"{value:,.0f}"
+
+
+def _fmt_stats(stats: dict | None, kind: str) -> str:
+    if stats is None:
+        return "n/a"
+    text = _fmt(stats["median"], kind)
+    if stats["n"] > 1:
+        text += f" [{_fmt(stats['min'], kind)} – {_fmt(stats['max'], kind)}]"
+        if kind == "duration":
+            text += f" ±{stats['stdev']:.3f} s"
+        elif kind == "percent":
+            text += f" ±{stats['stdev']:.2%}"
+        elif kind == "bytes":
+            text += f" ±{stats['stdev'] / 2**20:.1f} MiB"
+        elif kind == "loss":
+            text += f" ±{stats['stdev']:.4f}"
+        else:
+            text += f" ±{stats['stdev']:,.0f}"
+    return text
+
+
+def curve_of(jsonl_path) -> dict:
+    """The per-step train losses of a run's results/<run>.jsonl: steps, losses, active seconds."""
+    from jax_nano.report import read_metrics
+
+    rows = [r for r in read_metrics(jsonl_path) if "loss" in r]
+    return {"step": [r["step"] for r in rows], "loss": [r["loss"] for r in rows],
+            "active_time_s": [r["active_time_s"] for r in rows]}
+
+
+def max_loss_gap(a: dict, b: dict) -> dict | None:
+    """Largest |loss_a - loss_b| over the steps both curves have (and the step where it is)."""
+    by_step = dict(zip(b["step"], b["loss"]))
+    gaps = [(abs(loss - by_step[s]), s) for s, loss in zip(a["step"], a["loss"]) if s in by_step]
+    if not gaps:
+        return None
+    gap, step = max(gaps)
+    return {"max_abs_diff": gap, "step": step, "steps_compared": len(gaps)}
+
+
+def aggregate(summaries: list[dict], curves: list[dict] | None = None, *, baseline: dict | None = None,
+              alpha: float = 0.05) -> dict:
+    """The comparison's numbers from the per-run summaries (in the order they ran) and their loss curves.
+
+    `baseline`: an earlier one-device comparison report (its JSON), for the scaling efficiency of a
+    multi-device run: per-device tokens/s over that report's median tokens/s of the same framework.
+    """
+    curves = curves if curves is not None else [None] * len(summaries)
+    runs = {fw: [(s, c) for s, c in zip(summaries, curves) if s["framework"] == fw] for fw in FRAMEWORKS}
+    missing = [fw for fw in FRAMEWORKS if not runs[fw]]
+    if missing:
+        raise CompareError(f"no {' or '.join(missing)} run to compare; a comparison needs both frameworks")
+    n_devices = {fw: [int(s.get("n_devices") or 1) for s, _ in runs[fw]] for fw in FRAMEWORKS}
+    multi = any(n > 1 for ns in n_devices.values() for n in ns)
+    frameworks = {}
+    for fw in FRAMEWORKS:
+        ss = [s for s, _ in runs[fw]]
+        loss_track = ss[0].get("reached_target") is not None
+        metrics = {
+            "active_time_s": spread(s["active_time_s"] for s in ss),
+            "tokens_per_s": spread(s["tokens_per_s"] for s in ss),
+            "mfu": spread(s.get("mfu") for s in ss),
+            "setup_cold_s": spread([ss[0]["setup_time_s"]]),
+            "setup_warm_s": spread(s["setup_time_s"] for s in ss[1:]),
+            "peak_memory_bytes": spread(s.get("peak_memory_bytes") for s in ss),
+            "train_loss": spread(s["train_loss"] for s in ss),
+            "val_loss": spread(s["val_loss"] for s in ss),
+            "steps": spread(s["steps"] for s in ss),
+        }
+        if loss_track:
+            metrics["steps_to_target"] = spread(s["steps"] if s.get("reached_target") else None for s in ss)
+        if multi:
+            per_device = [s["tokens_per_s"] / n for s, n in zip(ss, n_devices[fw])]
+            metrics["tokens_per_s_per_device"] = spread(per_device)
+            base = None
+            if baseline is not None:
+                base = ((baseline.get("frameworks", {}).get(fw, {}).get("metrics", {}) or {})
+                        .get("tokens_per_s") or {}).get("median")
+            metrics["scaling_efficiency"] = spread([p / base for p in per_device]) if base else None
+        frameworks[fw] = {
+            "label": LABEL[fw], "n_runs": len(ss), "n_devices": n_devices[fw], "versions": ss[0].get("versions"),
+            "device": ss[0].get("device"), "reached_target": [s.get("reached_target") for s in ss] if loss_track
+            else None, "compiles_during_run": [s.get("compiles_during_run") for s in ss],
+            "metrics": metrics,
+            "runs": [{k: s.get(k) for k in ("run", "active_time_s", "tokens_per_s", "mfu", "setup_time_s",
+                                            "peak_memory_bytes", "train_loss", "val_loss", "steps", "tokens",
+                                            "reached_target", "n_devices")} for s in ss],
+        }
+    ratios = {}
+    for key in METRICS:
+        if any(key in frameworks[fw]["metrics"] for fw in FRAMEWORKS):
+            j, t = (frameworks[fw]["metrics"].get(key) for fw in FRAMEWORKS)
+            ratios[key] = ratio(j and j["median"], t and t["median"])
+    welch = None
+    if min(len(runs["jax"]), len(runs["torch"])) >= 3:
+        test = welch_t_test(frameworks["jax"]["metrics"]["active_time_s"]["values"],
+                            frameworks["torch"]["metrics"]["active_time_s"]["values"])
+        if test is not None:
+            welch = {**test, "alpha": alpha, "significant": test["p"] < alpha,
+                     "statement": welch_statement(test, ratios["active_time_s"], alpha)}
+    # Fairness check: per-step train losses of the k-th JAX run against the k-th PyTorch run.
+    gaps = []
+    for (_, cj), (_, ct) in zip(runs["jax"], runs["torch"]):
+        if cj is not None and ct is not None:
+            gap = max_loss_gap(cj, ct)
+            if gap is not None:
+                gaps.append(gap)
+    agreement = max(gaps, key=lambda g: g["max_abs_diff"]) if gaps else None
+    first = summaries[0]
+    return {
+        "track": first.get("track"), "device": first.get("device"), "commit": first.get("commit"),
+        "date": first.get("date"), "order": [s["framework"] for s in summaries],
+        "versions": {fw: frameworks[fw]["versions"] for fw in FRAMEWORKS},
+        "repeats": min(len(runs["jax"]), len(runs["torch"])),
+        "frameworks": frameworks, "ratios": ratios, "welch_active_time": welch,
+        "loss_agreement": agreement,
+    }
+
+
+def welch_statement(test: dict, time_ratio: float | None, alpha: float) -> str:
+    if time_ratio is None:
+        direction = "the two frameworks differ"
+    elif time_ratio < 1:
+        direction = f"JAX is faster (median Active Training Time {1 - time_ratio:.1%} lower than PyTorch's)"
+    elif time_ratio > 1:
+        direction = f"JAX is slower (median Active Training Time {time_ratio - 1:.1%} higher than PyTorch's)"
+    else:
+        direction = "the medians are equal"
+    verdict = "significant" if test["p"] < alpha else "NOT significant"
+    return f"{direction}; Welch's t-test p = {test['p']:.3g}: the difference is {verdict} at {alpha:g}."
+
+
+def render_markdown(result: dict) -> str:
+    fws = result["frameworks"]
+    track = result["track_config"] if "track_config" in result else {}
+    lines = [f"# JAX vs PyTorch: track `{result['track']}` on {result['device']}", ""]
+    lines.append(f"- device: **{result['device']}**; commit `{result['commit']}`; date {result.get('date')}")
+    versions = "; ".join(f"{k} {v}" for fw in FRAMEWORKS for k, v in (result["versions"].get(fw) or {}).items())
+    lines.append(f"- versions: {versions}")
+    devices = {fw: fws[fw].get("device") for fw in FRAMEWORKS}
+    if devices["jax"] != devices["torch"]:
+        lines.append(f"- device as each framework names it: JAX {devices['jax']}; PyTorch {devices['torch']}")
+    if track:
+        stop = (f"train loss <= {track['target_loss']}" if track.get("target_loss") is not None
+                else f"{track.get('target_tokens'):,} tokens")
+        lines.append(f"- model `{track['model']}`, batch {track['batch_size']} x {track['seq_len']}, precision "
+                     f"`{track['precision']}`, data `{track['data']}`, stop at {stop}"
+                     + (f" (max_steps {track['max_steps']})" if track.get("max_steps") else ""))
+    if result.get("throughput_only"):
+        lines.append("- **throughput-only comparison**: the track's stop rule was replaced by "
+                     "`--steps`/`--tokens`; losses are not the track's result")
+    order = ", ".join(LABEL[f] for f in result["order"])
+    lines.append(f"- {result['repeats']} runs per framework, interleaved: {order}; every run a fresh process, both "
+                 "frameworks from the same initial weights")
+    for note in result.get("notes", []):
+        lines.append(f"- {note}")
+    lines += ["", "Median [min – max] ±stdev over the runs; ratio = JAX / PyTorch of the medians "
+              "(tokens/s ratio > 1 and time ratio < 1 favour JAX).", "",
+              "| metric | JAX | PyTorch | JAX / PyTorch |", "|---|---|---|---|"]
+    for key, (label, kind, _) in METRICS.items():
+        j, t = fws["jax"]["metrics"].get(key), fws["torch"]["metrics"].get(key)
+        if key not in fws["jax"]["metrics"] and key not in fws["torch"]["metrics"]:
+            continue
+        r = result["ratios"].get(key)
+        lines.append(f"| {label} | {_fmt_stats(j, kind)} | {_fmt_stats(t, kind)} | "
+                     f"{'n/a' if r is None else f'{r:.3f}'} |")
+    lines.append("")
+    welch = result.get("welch_active_time")
+    if welch is not None:
+        df = "n/a" if welch["df"] is None else f"{welch['df']:.1f}"
+        lines.append(f"**Significance (Active Training Time):** {welch['statement']} "
+                     f"(t = {welch['t']:.3f}, Welch df = {df})")
+    else:
+        lines.append("**Significance:** not tested: Welch's t-test needs `--repeats` >= 3.")
+    gap = result.get("loss_agreement")
+    if gap is not None:
+        lines.append(f"\n**Loss agreement:** the largest |JAX - PyTorch| per-step train loss over "
+                     f"{gap['steps_compared']} steps of paired runs is {gap['max_abs_diff']:.2e} (step {gap['step']}); "
+                     "same weights and batches, so only numerics separate them (float32: ~1e-5; bf16: larger).")
+    lines += ["", "## Runs", "", "| # | framework | Active Training Time | tokens/s | setup | train loss | "
+              "val loss | steps |", "|---|---|---|---|---|---|---|---|"]
+    counters = {fw: 0 for fw in FRAMEWORKS}
+    for i, fw in enumerate(result["order"]):
+        run = fws[fw]["runs"][counters[fw]]
+        counters[fw] += 1
+        lines.append(f"| {i + 1} | {LABEL[fw]} | {_fmt(run['active_time_s'], 'duration')} | "
+                     f"{_fmt(run['tokens_per_s'], 'rate')} | {_fmt(run['setup_time_s'], 'duration')} | "
+                     f"{_fmt(run['train_loss'], 'loss')} | {_fmt(run['val_loss'], 'loss')} | {run['steps']:,} |")
+    if result.get("files", {}).get("png"):
+        lines += ["", f"![loss vs Active Training Time]({Path(result['files']['png']).name})"]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(result: dict, curves: list[dict], stem) -> dict:
+    """`stem`.md, .json and .png; the loss curve of each framework's median run (by Active Training Time)."""
+    from jax_nano import report
+
+    # Not Path.with_suffix: a track name such as "4.5loss" has a dot of its own.
+    files = {kind: f"{stem}.{kind}" for kind in ("md", "json", "png")}
+    result["files"] = files
+    series = {}
+    for fw in FRAMEWORKS:
+        idx = [i for i, f in enumerate(result["order"]) if f == fw]
+        times = [result["frameworks"][fw]["runs"][k]["active_time_s"] for k in range(len(idx))]
+        median_k = sorted(range(len(times)), key=lambda k: times[k])[(len(times) - 1) // 2]
+        curve = curves[idx[median_k]]
+        series[f"{LABEL[fw]} (median run {median_k + 1}/{len(times)})"] = (curve["active_time_s"], curve["loss"])
+    target = (result.get("track_config") or {}).get("target_loss")
+    report.plot_curves(series, files["png"], xlabel="Active Training Time (s)",
+                       title=f"{result['track']}: JAX vs PyTorch on {result['device']}", hline=target)
+    report.write_json_atomic(files["json"], result)
+    report.write_text_atomic(files["md"], render_markdown(result))
+    return files
+
+
+# -- running ---------------------------------------------------------------------------------------------------
+
+
+def stop_rule(track: Track, *, steps: int | None = None, tokens: int | None = None) -> Track:
+    """A throughput-only comparison: the track stops after `steps` steps or `tokens` tokens, whatever its rule."""
+    if steps is not None and tokens is not None:
+        raise CompareError("--steps and --tokens conflict: pass only one budget")
+    if steps is not None:
+        if steps < 1:
+            raise CompareError(f"--steps {steps}: must be >= 1")
+        tokens = steps * track.tokens_per_step
+    if tokens is None:
+        return track
+    if tokens < 1:
+        raise CompareError(f"--tokens {tokens}: must be >= 1")
+    return track.replace(target_tokens=tokens, target_loss=None, max_tokens=None)
+
+
+def _worker_env(work: Path, framework: str = "jax") -> dict:
+    env = dict(os.environ)
+    if framework == "torch":
+        # JAX is imported by the shared driver; on a GPU it must not take a memory pool beside PyTorch.
+        env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    # Fresh caches for this comparison: the first run of each framework is cold, the later ones warm.
+    env["JAX_COMPILATION_CACHE_DIR"] = str(work / "cache" / "xla")
+    env["TORCHINDUCTOR_CACHE_DIR"] = str(work / "cache" / "inductor")
+    env["TRITON_CACHE_DIR"] = str(work / "cache" / "triton")
+    return env
+
+
+def _launch(job: dict, work: Path, what: str, env: dict | None = None) -> dict:
+    """Run one job in a fresh process; its result dict, or the one-line error it raised."""
+    name = f"job-{time.monotonic_ns()}"
+    job_path, out_path = work / f"{name}.pkl", work / f"{name}.out.json"
+    job_path.write_bytes(pickle.dumps({**job, "out": str(out_path)}))
+    proc = subprocess.run([sys.executable, "-m", "jax_nano.compare", "_worker", str(job_path)],
+                          env=env or _worker_env(work))
+    result = json.loads(out_path.read_text()) if out_path.is_file() else None
+    if result is not None and "error" in result:
+        raise CompareError(f"{what}: {result['error']}")
+    if proc.returncode != 0 or result is None:
+        raise RuntimeError(f"{what} failed with exit code {proc.returncode}; its output is above")
+    return result
+
+
+def _check_data(track: Track) -> None:
+    """The data errors of a speedrun, before anything is started."""
+    from configs.model import get_model_config
+    from jax_nano import data
+
+    cfg = get_model_config(track.model)
+    store = data.open_store(track.data, vocab_size=cfg.vocab_size, seq_len=track.seq_len, verify=False)
+    needed = track.total_steps * track.tokens_per_step if not track.is_loss_track else track.tokens_per_step
+    data.require_tokens(store, needed, track.name)
+
+
+def compare(track: Track, *, repeats: int = 3, results_dir="results", output=None, show_bar: bool = True,
+            profile_dir=None, baseline=None, throughput_only: bool = False, keep_work: bool = False,
+            mesh: str | None = None, log=print) -> dict:
+    """Run the head to head and write the report; returns the report dict (with "files").
+
+    `mesh`: the JAX runs' device mesh ("data=N,fsdp=M", speedrun's `mesh`); PyTorch always uses one device, so
+    a multi-device report adds tokens/s per device (and scaling efficiency against `baseline`)."""
+    if repeats < 1:
+        raise CompareError(f"--repeats {repeats}: must be >= 1 (3 or more for a significance test)")
+    track = track.replace(framework="jax")
+    _check_data(track)
+    baseline_report = None
+    if baseline is not None:
+        try:
+            baseline_report = json.loads(Path(baseline).read_text())
+        except (OSError, ValueError) as e:
+            raise CompareError(f"--baseline {baseline}: not a readable comparison JSON ({e})") from None
+    results_dir = Path(results_dir)
+    run_results = results_dir / f"compare-{track.name}-runs"
+    work = Path(tempfile.mkdtemp(prefix="jax-nano-compare-"))
+    try:
+        log(f"[compare] {track.name}: the JAX initial weights (seed {track.seed}) are exported by the first run "
+            "and every run of both frameworks starts from them")
+        summaries, curves = [], []
+        total = 2 * repeats
+        for k in range(repeats):
+            for fw in FRAMEWORKS:
+                i = len(summaries) + 1
+                cache = "cold cache" if k == 0 else "warm cache"
+                log(f"[compare] run {i}/{total}: {LABEL[fw]} (repeat {k + 1}/{repeats}, {cache})")
+                run_name = f"compare-{track.name}-{fw}-{k + 1}"
+                summary = _launch({"mode": "run", "track": track.replace(framework=fw), "run_name": run_name,
+                                   "results_dir": str(run_results), "runs_dir": str(work / "runs"),
+                                   "init_from": str(work / "init.pt"), "show_bar": show_bar,
+                                   "export_init": not summaries, "mesh": mesh if fw == "jax" else None},
+                                  work, f"run {i}/{total} ({LABEL[fw]})", env=_worker_env(work, fw))
+                shutil.rmtree(work / "runs" / run_name, ignore_errors=True)  # its checkpoint: not needed
+                summaries.append(summary)
+                curves.append(curve_of(run_results / f"{run_name}.jsonl"))
+                log(f"[compare]   {LABEL[fw]}: {summary['active_time']} active, {summary['tokens_per_s']:,.0f} "
+                    f"tokens/s, setup {summary['setup_time_s']:.2f} s, train loss {summary['train_loss']:.4f}")
+        result = aggregate(summaries, curves, baseline=baseline_report)
+        result["track_config"] = {**dataclasses.asdict(track), "framework": "both"}
+        result["throughput_only"] = throughput_only
+        result["run_results_dir"] = str(run_results)
+        result["notes"] = notes_for(summaries)
+        stem = Path(output) if output else results_dir / f"compare-{device_slug(result['device'])}-{track.name}"
+        write_report(result, curves, stem)
+        if profile_dir is not None:
+            log(f"[compare] profiling 5 JAX steps into {profile_dir} (not timed, not in the report)")
+            _launch({"mode": "profile", "track": track.replace(max_steps=5, eval_batches=1, eval_every=0),
+                     "profile_dir": str(profile_dir), "runs_dir": str(work / "runs"),
+                     "results_dir": str(work / "profile-results"), "init_from": str(work / "init.pt"),
+                     "show_bar": show_bar, "mesh": mesh}, work, "the profiled JAX run")
+            result["profile_dir"] = str(profile_dir)
+            write_report(result, curves, stem)
+        return result
+    finally:
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def notes_for(summaries: list[dict]) -> list[str]:
+    notes = []
+    torch_versions = next((s.get("versions") or {} for s in summaries if s["framework"] == "torch"), {})
+    on_cuda = "+cpu" not in str(torch_versions.get("torch", "")) and any(
+        s.get("peak_memory_bytes") for s in summaries if s["framework"] == "torch")
+    notes.append("Setup & Compilation Time: JAX's persistent compilation cache and TorchInductor's/Triton's caches "
+                 "start empty, so each framework's first run is cold and the later ones warm.")
+    if not on_cuda:
+        notes.append("PyTorch ran without a CUDA device: torch.compile is used only on CUDA, so its setup includes "
+                     "no compilation and its cold and warm figures both measure eager setup.")
+    if any(s.get("mfu") is None for s in summaries):
+        notes.append("MFU is n/a where the device has no peak bf16 figure (CPUs; SPEC section 5).")
+    if any(s.get("peak_memory_bytes") is None for s in summaries):
+        notes.append("Peak device memory is n/a where the framework does not report it (PyTorch on CPU).")
+    if any(s.get("compiles_during_run") for s in summaries):
+        notes.append("WARNING: a run compiled during its timed loop (compiles_during_run > 0).")
+    return notes
+
+
+# -- the worker: one job in a fresh process ----------------------------------------------------------------------
+
+
+def export_initial_weights(track: Track, path) -> None:
+    """JAX's initialisation of the track's model (its seed), as an upstream PyTorch state_dict at `path`.
+
+    Built on the host CPU, in float32 (each trainer casts to its precision policy), so that the accelerator's
+    memory and compilation cache see nothing of it before the timed run."""
+    import jax
+    import torch
+    from flax import nnx
+
+    from configs.model import get_model_config
+    from jax_nano.convert import jax_to_torch
+    from jax_nano.model import GPT
+
+    cfg = get_model_config(track.model)
+    with jax.default_device(jax.devices("cpu")[0]):
+        state_dict = jax_to_torch(nnx.state(GPT(cfg, rngs=nnx.Rngs(track.seed)), nnx.Param), cfg)
+    tmp = Path(f"{path}.tmp")
+    torch.save(state_dict, tmp)
+    tmp.replace(path)
+
+
+def _worker(job_path: str) -> int:
+    job = pickle.loads(Path(job_path).read_bytes())
+    out = Path(job["out"])
+    try:
+        import jax
+
+        if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+            jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        from jax_nano.speedrun import speedrun
+
+        track = job["track"]
+        if job.get("export_init"):
+            export_initial_weights(track, job["init_from"])
+        kw = dict(results_dir=job["results_dir"], runs_dir=job["runs_dir"], init_from=job["init_from"],
+                  show_bar=job["show_bar"])
+        if job.get("mesh") is not None:
+            kw["mesh"] = job["mesh"]
+        if job["mode"] == "profile":
+            with jax.profiler.trace(job["profile_dir"]):
+                result = speedrun(track, run_name="profile", **kw)
+        else:
+            result = speedrun(track, run_name=job["run_name"], **kw)
+    except UserError as e:
+        out.write_text(json.dumps({"error": str(e)}))
+        return 2
+    from jax_nano.report import write_json_atomic
+
+    write_json_atomic(out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "_worker":
+        sys.exit(_worker(sys.argv[2]))
+    sys.exit("usage: python scripts/compare.py --help (this module's own entry point is internal)")

@@ -1,0 +1,87 @@
+"""JAX vs PyTorch head to head on one speedrun track: both frameworks, same data, model, batch, hyper-parameters
+and initial weights, interleaved (JAX, PyTorch, JAX, ...), one report (Markdown + JSON + PNG).
+
+    python scripts/compare.py --track 8M --data processed_data/offline
+    python scripts/compare.py --track 4.5loss --repeats 5
+    python scripts/compare.py --track 8M --steps 50 --repeats 2       # quick throughput-only comparison
+    python scripts/compare.py --track 8M --steps 50 --profile traces/8M
+
+Every speedrun override flag of scripts/speedrun.py works here too (--model, --batch-size, --precision, ...).
+"""
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from configs.tracks import TRACKS  # noqa: E402
+from jax_nano.cli import run_main  # noqa: E402
+
+
+def _speedrun_cli():
+    """scripts/speedrun.py as a module: its OVERRIDES flags and track_from_args are the one definition."""
+    spec = importlib.util.spec_from_file_location("speedrun_cli", ROOT / "scripts" / "speedrun.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SPEEDRUN = _speedrun_cli()
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--track", default="8M", help=f"one of {', '.join(TRACKS)} (default 8M)")
+    p.add_argument("--repeats", type=int, default=3, help="runs per framework, interleaved (default 3; >= 3 adds "
+                   "Welch's t-test on Active Training Time)")
+    p.add_argument("--steps", type=int, default=None, help="throughput-only: stop after N steps, whatever the "
+                   "track's stop rule (a loss track becomes a token budget)")
+    for flag, (_, kind, text) in SPEEDRUN.OVERRIDES.items():
+        if flag == "framework":
+            continue  # both, always
+        if flag == "tokens":
+            text = "stop after N tokens, whatever the track's stop rule (throughput-only for a loss track)"
+        p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None, help=text)
+    p.add_argument("--profile", default=None, metavar="DIR",
+                   help="after the comparison, save a JAX profiler trace of 5 steps here (untimed)")
+    p.add_argument("--output", default=None, metavar="STEM",
+                   help="report path without suffix (default results/compare-DEVICE-TRACK)")
+    p.add_argument("--results-dir", default="results", help="where the report and each run's files go")
+    p.add_argument("--baseline", default=None, metavar="JSON",
+                   help="a one-device comparison JSON: scaling efficiency of a multi-device run against it")
+    p.add_argument("--mesh", default=None, metavar="SPEC",
+                   help="the JAX runs' device mesh, as scripts/speedrun.py --mesh (PyTorch uses one device)")
+    p.add_argument("--keep-work", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-bar", action="store_true", help="no progress bars")
+    # What speedrun's track_from_args also reads; a comparison never resumes and always sets its own init.
+    p.set_defaults(framework=None, resume=False, init_from=None)
+    return p
+
+
+def main(argv=None) -> int:
+    from jax_nano import compare
+
+    args = parser().parse_args(argv)
+    if args.repeats < 1:
+        raise compare.CompareError(f"--repeats {args.repeats}: must be >= 1 (3 or more for a significance test)")
+    if args.steps is not None and args.tokens is not None:
+        raise compare.CompareError("--steps and --tokens conflict: pass only one budget")
+    if (args.steps is not None or args.tokens is not None) and args.target_loss is not None:
+        raise compare.CompareError("--steps/--tokens and --target-loss conflict: a run stops on one rule")
+    tokens, args.tokens = args.tokens, None  # applied below, so that a loss track becomes a token budget too
+    track = SPEEDRUN.track_from_args(args)
+    throughput_only = args.steps is not None or tokens is not None
+    track = compare.stop_rule(track, steps=args.steps, tokens=tokens)
+    result = compare.compare(track, repeats=args.repeats, results_dir=args.results_dir, output=args.output,
+                             show_bar=not args.no_bar, profile_dir=args.profile, baseline=args.baseline,
+                             throughput_only=throughput_only, keep_work=args.keep_work, mesh=args.mesh)
+    print(Path(result["files"]["md"]).read_text())
+    print("report: " + ", ".join(result["files"].values()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))

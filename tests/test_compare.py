@@ -1,0 +1,175 @@
+"""The JAX vs PyTorch comparison: its statistics, and a real head to head of the tiny model on CPU."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jax_nano import compare
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- statistics ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("t, df, p", [
+    (2.0, 10, 0.073388034),       # the textbook case
+    (1.0, 1, 0.5),                # Cauchy: P(|T| >= 1) = 1/2 exactly
+    (2.228138852, 10, 0.05),      # the 97.5% quantile of t(10)
+    (12.70620474, 1, 0.05),       # the 97.5% quantile of t(1)
+    (1.959963985, 1e7, 0.05),     # large df: the normal distribution
+    (0.0, 5, 1.0),
+    (-2.0, 10, 0.073388034),      # two-sided: symmetric
+    (3.5, 4.5, 0.020541690),      # non-integer df (Welch); checked by Simpson integration of the pdf
+])
+def test_student_t_two_sided_p_matches_known_values(t, df, p):
+    assert compare.student_t_sf2(t, df) == pytest.approx(p, rel=1e-4, abs=1e-9)
+
+
+def test_betainc_matches_closed_forms():
+    # I_x(1, 1) = x; I_x(a, 1) = x^a; I_x(1, b) = 1 - (1-x)^b; I_0.5(a, a) = 0.5.
+    for x in (0.01, 0.3, 0.5, 0.9, 0.999):
+        assert compare.betainc(1, 1, x) == pytest.approx(x, rel=1e-12)
+        assert compare.betainc(3.5, 1, x) == pytest.approx(x ** 3.5, rel=1e-10)
+        assert compare.betainc(1, 2.5, x) == pytest.approx(1 - (1 - x) ** 2.5, rel=1e-10)
+    assert compare.betainc(7.3, 7.3, 0.5) == pytest.approx(0.5, rel=1e-12)
+    assert compare.betainc(2, 3, 0.0) == 0.0 and compare.betainc(2, 3, 1.0) == 1.0
+
+
+def test_welch_t_test_matches_a_worked_example():
+    # By hand: means 18.95 and 20.4; s^2/n = 0.15/4 = 0.0375 and 0.475/5 = 0.095, so
+    # t = -1.45 / sqrt(0.1325) = -3.983456, df = 0.1325^2 / (0.0375^2/3 + 0.095^2/4) = 6.442661,
+    # and p = 0.0062760 (Simpson integration of the t pdf).
+    a = [19.1, 18.5, 19.4, 18.8]
+    b = [20.2, 19.6, 21.3, 20.0, 20.9]
+    res = compare.welch_t_test(a, b)
+    assert res["t"] == pytest.approx(-3.983456, rel=1e-6)
+    assert res["df"] == pytest.approx(6.442661, rel=1e-6)
+    assert res["p"] == pytest.approx(0.0062760, rel=1e-4)
+    assert compare.welch_t_test([1.0], [2.0, 3.0]) is None
+    assert compare.welch_t_test([1.0, 1.0], [1.0, 1.0])["p"] == 1.0
+    assert compare.welch_t_test([1.0, 1.0], [2.0, 2.0])["p"] == 0.0
+
+
+def summary(framework, k, active, setup, *, tokens=10_240, loss=3.0, reached=None):
+    return {"run": f"r-{framework}-{k}", "framework": framework, "track": "t", "device": "CPU", "commit": "abc",
+            "date": "2025-01-01", "versions": {framework: "1"}, "active_time_s": active, "setup_time_s": setup,
+            "tokens_per_s": tokens / active, "mfu": None, "peak_memory_bytes": None, "train_loss": loss,
+            "val_loss": loss + 0.1, "steps": 20, "tokens": tokens, "reached_target": reached,
+            "compiles_during_run": 0}
+
+
+def test_three_repeats_give_a_welch_p_value_and_a_verdict(tmp_path):
+    jax_times, torch_times = [10.0, 10.2, 9.9], [12.0, 12.3, 11.8]
+    runs = []
+    for k in range(3):
+        runs += [summary("jax", k, jax_times[k], 5.0 if k == 0 else 1.0, reached=True),
+                 summary("torch", k, torch_times[k], 2.0, reached=k != 1)]
+    curve = {"step": [0, 1], "loss": [5.0, 4.0], "active_time_s": [0.1, 0.2]}
+    result = compare.aggregate(runs, [curve] * 6)
+    welch = result["welch_active_time"]
+    expected = compare.welch_t_test(jax_times, torch_times)
+    assert welch["p"] == pytest.approx(expected["p"]) and welch["p"] < 0.05 and welch["significant"]
+    assert "JAX is faster" in welch["statement"] and "significant at 0.05" in welch["statement"]
+    jax_m = result["frameworks"]["jax"]["metrics"]
+    assert jax_m["setup_cold_s"]["median"] == 5.0 and jax_m["setup_warm_s"]["median"] == 1.0
+    assert jax_m["active_time_s"]["min"] == 9.9 and jax_m["active_time_s"]["max"] == 10.2
+    assert jax_m["active_time_s"]["stdev"] == pytest.approx(0.152752523)
+    assert result["ratios"]["active_time_s"] == pytest.approx(10.0 / 12.0)
+    assert result["frameworks"]["torch"]["metrics"]["steps_to_target"]["n"] == 2  # one run missed the target
+    assert result["ratios"]["mfu"] is None
+    assert result["loss_agreement"]["max_abs_diff"] == 0.0
+    # Two repeats: no test, and the report says why.
+    two = compare.aggregate(runs[:4])
+    assert two["welch_active_time"] is None
+    two["track_config"] = {}
+    assert "needs `--repeats` >= 3" in compare.render_markdown(two)
+    # Several devices: per-device throughput, and scaling efficiency against a one-device baseline.
+    multi = [{**s, "n_devices": 2} if s["framework"] == "jax" else s for s in runs]
+    baseline = {"frameworks": {"jax": {"metrics": {"tokens_per_s": {"median": 1024.0}}},
+                               "torch": {"metrics": {"tokens_per_s": {"median": 853.333}}}}}
+    res = compare.aggregate(multi, baseline=baseline)
+    per_device = res["frameworks"]["jax"]["metrics"]["tokens_per_s_per_device"]["median"]
+    assert per_device == pytest.approx(10_240 / 10.0 / 2)
+    assert res["frameworks"]["jax"]["metrics"]["scaling_efficiency"]["median"] == pytest.approx(per_device / 1024)
+
+
+def test_throughput_only_stop_rule_turns_a_loss_track_into_a_token_budget(toy_track):
+    loss = toy_track(target_tokens=None, target_loss=1.0, max_tokens=10**6)
+    quick = compare.stop_rule(loss, steps=7)
+    assert quick.target_loss is None and quick.total_steps == 7
+    assert compare.stop_rule(loss, tokens=8 * 64 * 3).total_steps == 3
+    with pytest.raises(compare.CompareError, match="conflict"):
+        compare.stop_rule(loss, steps=1, tokens=1)
+
+
+# -- the real thing, on CPU ------------------------------------------------------------------------------------------
+
+
+def test_head_to_head_runs_both_frameworks_from_the_same_weights(toy_track, tmp_path):
+    track = toy_track(target_tokens=8 * 64 * 10, eval_batches=1)
+    lines = []
+    result = compare.compare(track, repeats=2, results_dir=tmp_path / "results", show_bar=False, log=lines.append)
+    assert [line.split(":")[0] for line in lines if "run " in line and "/4" in line] == [
+        "[compare] run 1/4", "[compare] run 2/4", "[compare] run 3/4", "[compare] run 4/4"]
+    files = result["files"]
+    assert Path(files["md"]).name == f"compare-{compare.device_slug(result['device'])}-{track.name}.md"
+    for kind in ("md", "json", "png"):
+        assert Path(files[kind]).stat().st_size > 0, kind
+    report = json.loads(Path(files["json"]).read_text())
+    assert report["order"] == ["jax", "torch", "jax", "torch"] and report["repeats"] == 2
+    assert report["device"] and report["commit"] and set(report["versions"]) == {"jax", "torch"}
+    assert "jax" in report["versions"]["jax"] and "torch" in report["versions"]["torch"]
+    for fw in ("jax", "torch"):
+        m = report["frameworks"][fw]["metrics"]
+        for key in ("active_time_s", "tokens_per_s", "setup_cold_s", "setup_warm_s", "train_loss", "val_loss",
+                    "steps"):
+            assert m[key] is not None and all(k in m[key] for k in ("median", "min", "max", "stdev")), (fw, key)
+        assert "mfu" in m and "peak_memory_bytes" in m
+        assert m["steps"]["min"] == 10 and m["active_time_s"]["min"] > 0
+        assert all(math.isfinite(r["train_loss"]) for r in report["frameworks"][fw]["runs"])
+        assert report["frameworks"][fw]["compiles_during_run"] == [0, 0] or fw == "torch"
+    for key, r in report["ratios"].items():
+        j, t = (report["frameworks"][fw]["metrics"][key] for fw in ("jax", "torch"))
+        if r is not None:
+            assert r == pytest.approx(j["median"] / t["median"], rel=1e-12), key
+    assert report["ratios"]["tokens_per_s"] is not None and report["ratios"]["active_time_s"] is not None
+    # Fair: same weights, same batches, float32 -> the same losses at every step (per-run jsonl files too).
+    assert report["loss_agreement"]["steps_compared"] == 10
+    assert report["loss_agreement"]["max_abs_diff"] <= 1e-4, report["loss_agreement"]
+    run_dir = Path(report["run_results_dir"])
+    curves = {fw: compare.curve_of(run_dir / f"compare-{track.name}-{fw}-1.jsonl") for fw in ("jax", "torch")}
+    assert len(curves["jax"]["loss"]) == len(curves["torch"]["loss"]) == 10
+    assert max(abs(a - b) for a, b in zip(curves["jax"]["loss"], curves["torch"]["loss"])) <= 1e-4
+    md = Path(files["md"]).read_text()
+    assert "| Active Training Time |" in md and "| JAX / PyTorch |" in md and "needs `--repeats` >= 3" in md
+    assert Path(files["png"]).name in md
+    # A dotted track name keeps its whole name in the report's file names.
+    dotted = compare.write_report(dict(report, track="4.5loss"), [curves["jax"], curves["torch"]] * 2,
+                                  tmp_path / "compare-cpu-4.5loss")
+    assert all(Path(f).is_file() and Path(f).name.startswith("compare-cpu-4.5loss.") for f in dotted.values())
+
+
+def cli(*args, cwd):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), "--no-bar", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_bad_input_is_a_one_line_error(toy_store, tmp_path):
+    cases = {
+        ("--repeats", "0"): "--repeats 0: must be >= 1",
+        ("--track", "nope"): "unknown track 'nope'",
+        ("--steps", "5", "--tokens", "100"): "--steps and --tokens conflict",
+        ("--steps", "5", "--target-loss", "3"): "conflict",
+        ("--steps", "0", "--data", toy_store, "--model", "tiny", "--seq-len", "64"): "--steps 0: must be >= 1",
+        ("--data", str(tmp_path / "missing")): "does not exist",
+    }
+    for extra, message in cases.items():
+        out = cli(*extra, cwd=tmp_path)
+        assert out.returncode == 2, (extra, out.stderr[-500:])
+        assert message in out.stderr and "Traceback" not in out.stderr, (extra, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
