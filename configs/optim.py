@@ -69,3 +69,24 @@ def lr_factor(kind: str, step: int, total_steps: int, warmup_ratio: float) -> fl
     if kind == "linear":
         return max(0.1, 1 - progress)
     raise ConfigError(f"unknown schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+# Muon's orthogonalization, the same numbers for both frameworks (SPEC section 2).
+POLAR_EXPRESS_COEFFS = (
+    (8.156554524902461, -22.48329292557795, 15.878769915207462),
+    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
+    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
+    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
+    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
+)
+NEWTON_SCHULZ_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def ortho_coefficients(method: str, steps: int) -> list:
+    """(a, b, c) of each step: X <- a*X + (b*A + c*A@A) @ X with A = X @ X^T."""
+    if method == "polar-express":
+        # The list is tuned for 5 steps; past that the last (most conservative) step repeats, as modded-nanogpt does.
+        return list(POLAR_EXPRESS_COEFFS[:steps]) + [POLAR_EXPRESS_COEFFS[-1]] * max(0, steps - 5)
+    if method == "newton-schulz":
+        return [NEWTON_SCHULZ_COEFFS] * steps
+    raise ConfigError(f"unknown orthogonalizer {method!r}; choose one of polar-express, newton-schulz")

@@ -1,8 +1,12 @@
-"""What every command line of the project shares: one-line errors instead of tracebacks."""
+"""What every command line of the project shares: the track flags and one-line errors instead of tracebacks."""
 
+import argparse
 import sys
 
 from configs.errors import UserError
+from configs.model import PRESETS, ConfigError
+from configs.optim import ORTHO_DTYPES, ORTHOGONALIZERS, SCHEDULES
+from configs.tracks import FRAMEWORKS, PRECISIONS, Track, get_track
 
 
 def run_main(main, argv=None) -> int:
@@ -14,3 +18,61 @@ def run_main(main, argv=None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+
+
+# flag -> (Track field or "optim.<field>", type, help)
+OVERRIDES = {
+    "framework": ("framework", str, f"one of {', '.join(FRAMEWORKS)} (default jax)"),
+    "model": ("model", str, f"model preset: {', '.join(PRESETS)}"),
+    "batch_size": ("batch_size", int, "sequences per step"),
+    "seq_len": ("seq_len", int, "tokens per sequence"),
+    "data": ("data", str, "token store directory, or 'sample' for the embedded sample"),
+    "seed": ("seed", int, "data order and initial weights"),
+    "precision": ("precision", str, f"one of {', '.join(PRECISIONS)}"),
+    "tokens": ("target_tokens", int, "stop after this many tokens (token tracks)"),
+    "target_loss": ("target_loss", float, "stop at the first step whose train loss <= this (loss tracks)"),
+    "max_tokens": ("max_tokens", int, "a loss track gives up after this many tokens"),
+    "max_steps": ("max_steps", int, "cap on the steps (also the schedule length)"),
+    "eval_every": ("eval_every", int, "steps between milestone evaluations (0: only at the end)"),
+    "eval_batches": ("eval_batches", int, "fixed validation batches per evaluation"),
+    "warmup_steps": ("warmup_steps", int, "untimed warm-up steps before the clock starts"),
+    "checkpoint_every": ("checkpoint_every", int, "steps between checkpoints (0: only at the end)"),
+    "keep_checkpoints": ("keep_checkpoints", int, "checkpoints kept on disk"),
+    "muon_lr": ("optim.muon_lr", float, "Muon learning rate"),
+    "adamw_lr": ("optim.adamw_lr", float, "AdamW learning rate"),
+    "weight_decay": ("optim.weight_decay", float, "AdamW decoupled weight decay"),
+    "grad_clip": ("optim.grad_clip", float, "global gradient-norm clip"),
+    "schedule": ("optim.schedule", str, f"learning-rate schedule: {', '.join(SCHEDULES)}"),
+    "warmup_ratio": ("optim.warmup_ratio", float, "fraction of steps spent warming up the learning rate"),
+    "orthogonalizer": ("optim.orthogonalizer", str, f"Muon's: {', '.join(ORTHOGONALIZERS)}"),
+    "ortho_steps": ("optim.ortho_steps", int, "orthogonalization iterations"),
+    "ortho_dtype": ("optim.ortho_dtype", str, f"orthogonalization dtype: {', '.join(ORTHO_DTYPES)}"),
+}
+
+
+def add_track_flags(parser: argparse.ArgumentParser, skip=()) -> None:
+    """One flag per overridable track field (default None: the track's own value)."""
+    for flag, (_, kind, text) in OVERRIDES.items():
+        if flag not in skip:
+            parser.add_argument("--" + flag.replace("_", "-"), type=kind, default=None, help=text)
+
+
+def track_from_args(args) -> Track:
+    """The track named by --track with every override flag the user passed."""
+    if args.tokens is not None and args.target_loss is not None:
+        raise ConfigError("--tokens and --target-loss conflict: a run stops on one rule; pass only one")
+    if args.resume and args.init_from:
+        raise ConfigError("--resume and --init-from conflict: a resumed run continues its own weights")
+    track, optim = {}, {}
+    for flag, (field, _, _) in OVERRIDES.items():
+        value = getattr(args, flag)
+        if value is not None:
+            (optim if field.startswith("optim.") else track)[field.removeprefix("optim.")] = value
+    if "target_tokens" in track:
+        track["target_loss"] = None
+    elif "target_loss" in track:
+        track["target_tokens"] = None
+    base = get_track(args.track)
+    if optim:
+        track["optim"] = base.optim.replace(**optim)
+    return base.replace(**track)

@@ -477,7 +477,6 @@ def compare(track: Track, *, repeats: int = 3, results_dir="results", output=Non
                                    "init_from": str(work / "init.pt"), "show_bar": show_bar,
                                    "export_init": not summaries, "mesh": mesh if fw == "jax" else None},
                                   work, f"run {i}/{total} ({LABEL[fw]})", env=_worker_env(work, fw))
-                shutil.rmtree(work / "runs" / run_name, ignore_errors=True)  # its checkpoint: not needed
                 summaries.append(summary)
                 curves.append(curve_of(run_results / f"{run_name}.jsonl"))
                 log(f"[compare]   {LABEL[fw]}: {summary['active_time']} active, {summary['tokens_per_s']:,.0f} "
@@ -561,9 +560,7 @@ def _worker(job_path: str) -> int:
         if job.get("export_init"):
             export_initial_weights(track, job["init_from"])
         kw = dict(results_dir=job["results_dir"], runs_dir=job["runs_dir"], init_from=job["init_from"],
-                  show_bar=job["show_bar"])
-        if job.get("mesh") is not None:
-            kw["mesh"] = job["mesh"]
+                  show_bar=job["show_bar"], mesh=job.get("mesh"), save_final=False)
         if job["mode"] == "profile":
             with jax.profiler.trace(job["profile_dir"]):
                 result = speedrun(track, run_name="profile", **kw)

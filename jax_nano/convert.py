@@ -108,7 +108,7 @@ def torch_to_jax(state_dict: dict, cfg: ModelConfig) -> dict:
 def jax_to_torch(params, cfg: ModelConfig) -> dict:
     """jax-nano parameters -> upstream `state_dict` (with the tied `lm_head.weight`), loadable with strict=True."""
     if isinstance(params, nnx.State):
-        params = params.to_pure_dict()
+        params = nnx.to_pure_dict(params)
     embedding = _to_torch(params["token_embedding"]["embedding"])
     state_dict = {"token_embedding.weight": embedding, "lm_head.weight": embedding,
                   "norm.weight": _to_torch(params["norm"]["scale"])}
@@ -122,7 +122,7 @@ def jax_to_torch(params, cfg: ModelConfig) -> dict:
 def load_params(model: nnx.Module, params: dict) -> None:
     """Put a nested dict of arrays (e.g. from `torch_to_jax`) into a model, in place, keeping its dtypes."""
     state = nnx.state(model, nnx.Param)
-    state.replace_by_pure_dict(
-        params, replace_fn=lambda old, new: old.replace(jnp.asarray(new, old.get_value().dtype))
+    nnx.replace_by_pure_dict(
+        state, params, replace_fn=lambda old, new: old.replace(jnp.asarray(new, old.get_value().dtype))
     )
     nnx.update(model, state)

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import optax
 
 from configs.model import ConfigError
-from configs.optim import OptimConfig, lr_factor
+from configs.optim import OptimConfig, lr_factor, ortho_coefficients
 
 __all__ = ["clip_by_global_norm_torch", "lr_factor", "lr_schedule", "make_optimizer", "muon", "orthogonalize",
            "param_label", "param_labels"]
@@ -33,25 +33,7 @@ def lr_schedule(base_lr: float, kind: str, total_steps: int, warmup_ratio: float
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Orthogonalization
-
-POLAR_EXPRESS_COEFFS = (
-    (8.156554524902461, -22.48329292557795, 15.878769915207462),
-    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
-    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
-    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
-    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
-)
-NEWTON_SCHULZ_COEFFS = (3.4445, -4.7750, 2.0315)
-
-
-def _coefficients(method: str, steps: int) -> list:
-    if method == "polar-express":
-        # The list is tuned for 5 steps; past that the last (most conservative) step repeats, as modded-nanogpt does.
-        return list(POLAR_EXPRESS_COEFFS[:steps]) + [POLAR_EXPRESS_COEFFS[-1]] * max(0, steps - 5)
-    if method == "newton-schulz":
-        return [NEWTON_SCHULZ_COEFFS] * steps
-    raise ConfigError(f"unknown orthogonalizer {method!r}; choose one of polar-express, newton-schulz")
+# Orthogonalization: the coefficients live in configs.optim, shared with the torch twin.
 
 
 def _mul(x, s: float):
@@ -74,7 +56,7 @@ def orthogonalize(g_RC, method: str = "polar-express", steps: int = 5, dtype="bf
     norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=(-2, -1), keepdims=True)).astype(dtype)
     safety = 1.01 if method == "polar-express" else 1.0
     x = x / (_mul(norm, safety).astype(jnp.float32) + 1e-7).astype(dtype)
-    for a, b, c in _coefficients(method, steps):
+    for a, b, c in ortho_coefficients(method, steps):
         a_RR = jnp.matmul(x, jnp.swapaxes(x, -1, -2), precision=precision)
         b_RR = _mul(a_RR, b) + _mul(jnp.matmul(a_RR, a_RR, precision=precision), c)
         x = _mul(x, a) + jnp.matmul(b_RR, x, precision=precision)
@@ -104,7 +86,7 @@ def muon(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.95, method: 
 
     `whole_matrices` (sharded training, jax_nano/sharding.py): applied to each update before it is
     orthogonalized, a sharding constraint that leaves no matrix split across devices."""
-    _coefficients(method, steps)  # fail at construction, not inside jit
+    ortho_coefficients(method, steps)  # fail at construction, not inside jit
     schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
 
     def init_fn(params):

@@ -81,9 +81,10 @@ def choose_mesh(track: Track, mesh: str | None):
 
 def speedrun(track: Track, *, run_name: str | None = None, results_dir="results", runs_dir="runs", resume=False,
              stop_after: int | None = None, init_from=None, export_to=None, show_bar=True,
-             mesh: str | None = None) -> dict:
+             mesh: str | None = None, save_final: bool = True) -> dict:
     """Run `track`; returns the summary (also written to results/<run>.json), or a partial one when stopped by
-    `stop_after` (then a checkpoint lets `resume=True` continue).
+    `stop_after` (then a checkpoint lets `resume=True` continue). `save_final=False` skips the end-of-run
+    checkpoint (a benchmark that only wants the figures).
 
     `mesh` ("data=N,fsdp=M", jax_nano/sharding.py): the devices to train on; default every device on the data
     axis. Under `jax.distributed` every process calls this alike: each loads only its share of each training
@@ -141,7 +142,8 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     finally:
         counter.active = False
         loader.close()
-    trainer.save(progress)
+    if save_final:
+        trainer.save(progress)
     trainer.close()
     if export_to is not None:
         import torch
@@ -182,8 +184,7 @@ def summarize(track: Track, trainer, progress: loop.Progress, final: dict, setup
     device = trainer.device_name()
     verdict = eligibility(cfg, band_of=cfg.name)
     peak = trainer.peak_memory_bytes()
-    par = trainer.parallelism() if hasattr(trainer, "parallelism") else {
-        "n_devices": 1, "n_processes": 1, "mesh": "single-device"}
+    par = trainer.parallelism()
     return {
         "run": run_name, "finished": True, "track": track.name, "framework": track.framework,
         "date": datetime.date.today().isoformat(), "device": device, "commit": git_commit(),

@@ -10,7 +10,6 @@ Every speedrun override flag of scripts/speedrun.py works here too (--model, --b
 """
 
 import argparse
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -18,18 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from configs.tracks import TRACKS  # noqa: E402
-from jax_nano.cli import run_main  # noqa: E402
-
-
-def _speedrun_cli():
-    """scripts/speedrun.py as a module: its OVERRIDES flags and track_from_args are the one definition."""
-    spec = importlib.util.spec_from_file_location("speedrun_cli", ROOT / "scripts" / "speedrun.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SPEEDRUN = _speedrun_cli()
+from jax_nano.cli import OVERRIDES, run_main, track_from_args  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
                    "Welch's t-test on Active Training Time)")
     p.add_argument("--steps", type=int, default=None, help="throughput-only: stop after N steps, whatever the "
                    "track's stop rule (a loss track becomes a token budget)")
-    for flag, (_, kind, text) in SPEEDRUN.OVERRIDES.items():
+    for flag, (_, kind, text) in OVERRIDES.items():
         if flag == "framework":
             continue  # both, always
         if flag == "tokens":
@@ -72,7 +60,7 @@ def main(argv=None) -> int:
     if (args.steps is not None or args.tokens is not None) and args.target_loss is not None:
         raise compare.CompareError("--steps/--tokens and --target-loss conflict: a run stops on one rule")
     tokens, args.tokens = args.tokens, None  # applied below, so that a loss track becomes a token budget too
-    track = SPEEDRUN.track_from_args(args)
+    track = track_from_args(args)
     throughput_only = args.steps is not None or tokens is not None
     track = compare.stop_rule(track, steps=args.steps, tokens=tokens)
     result = compare.compare(track, repeats=args.repeats, results_dir=args.results_dir, output=args.output,

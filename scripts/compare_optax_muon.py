@@ -26,7 +26,7 @@ from jax_nano.model import GPT
 def compare(preset: str = "tiny", n_layers: int | None = None, seed: int = 0) -> dict:
     """{param path: relative error of optax's update against ours}, on random parameters and gradients."""
     cfg = get_model_config(preset, **({"n_layers": n_layers} if n_layers else {}))
-    shapes = jax.eval_shape(lambda: nnx.state(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param).to_pure_dict())
+    shapes = jax.eval_shape(lambda: nnx.to_pure_dict(nnx.state(GPT(cfg, rngs=nnx.Rngs(0)), nnx.Param)))
     leaves, treedef = jax.tree.flatten(shapes)
 
     def random_tree(key, scale):

@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from jax_nano import data
+from jax_nano.cli import run_main
 from jax_nano.data import DataError
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text", ".gz")
@@ -250,14 +251,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="output store directory (default processed_data/<name>)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     args = p.parse_args(argv)
-    try:
-        header = run(args)
-    except DataError as e:
-        print(f"prepare_data: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("prepare_data: interrupted; nothing was written", file=sys.stderr)
-        return 130
+    header = run(args)  # stores are written to a temp dir and renamed: an error or ^C leaves nothing behind
     print(
         f"wrote {args.out_path}: {header['n_tokens']:,} tokens in {header['n_rows']:,} rows of {header['seq_len']} "
         f"(vocab {header['vocab_size']}, sha256 {header['sha256'][:12]}...)"
@@ -266,4 +260,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_main(main))

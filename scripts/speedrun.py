@@ -13,48 +13,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from configs.model import PRESETS  # noqa: E402
-from configs.optim import ORTHO_DTYPES, ORTHOGONALIZERS, SCHEDULES  # noqa: E402
-from configs.tracks import FRAMEWORKS, PRECISIONS, TRACKS, get_track  # noqa: E402
-from jax_nano.cli import run_main  # noqa: E402
+from configs.model import ConfigError  # noqa: E402
+from configs.tracks import TRACKS  # noqa: E402
+from jax_nano.cli import add_track_flags, run_main, track_from_args  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-
-# flag -> (Track field or "optim.<field>", type, help)
-OVERRIDES = {
-    "framework": ("framework", str, f"one of {', '.join(FRAMEWORKS)} (default jax)"),
-    "model": ("model", str, f"model preset: {', '.join(PRESETS)}"),
-    "batch_size": ("batch_size", int, "sequences per step"),
-    "seq_len": ("seq_len", int, "tokens per sequence"),
-    "data": ("data", str, "token store directory, or 'sample' for the embedded sample"),
-    "seed": ("seed", int, "data order and initial weights"),
-    "precision": ("precision", str, f"one of {', '.join(PRECISIONS)}"),
-    "tokens": ("target_tokens", int, "stop after this many tokens (token tracks)"),
-    "target_loss": ("target_loss", float, "stop at the first step whose train loss <= this (loss tracks)"),
-    "max_tokens": ("max_tokens", int, "a loss track gives up after this many tokens"),
-    "max_steps": ("max_steps", int, "cap on the steps (also the schedule length)"),
-    "eval_every": ("eval_every", int, "steps between milestone evaluations (0: only at the end)"),
-    "eval_batches": ("eval_batches", int, "fixed validation batches per evaluation"),
-    "warmup_steps": ("warmup_steps", int, "untimed warm-up steps before the clock starts"),
-    "checkpoint_every": ("checkpoint_every", int, "steps between checkpoints (0: only at the end)"),
-    "keep_checkpoints": ("keep_checkpoints", int, "checkpoints kept on disk"),
-    "muon_lr": ("optim.muon_lr", float, "Muon learning rate"),
-    "adamw_lr": ("optim.adamw_lr", float, "AdamW learning rate"),
-    "weight_decay": ("optim.weight_decay", float, "AdamW decoupled weight decay"),
-    "grad_clip": ("optim.grad_clip", float, "global gradient-norm clip"),
-    "schedule": ("optim.schedule", str, f"learning-rate schedule: {', '.join(SCHEDULES)}"),
-    "warmup_ratio": ("optim.warmup_ratio", float, "fraction of steps spent warming up the learning rate"),
-    "orthogonalizer": ("optim.orthogonalizer", str, f"Muon's: {', '.join(ORTHOGONALIZERS)}"),
-    "ortho_steps": ("optim.ortho_steps", int, "orthogonalization iterations"),
-    "ortho_dtype": ("optim.ortho_dtype", str, f"orthogonalization dtype: {', '.join(ORTHO_DTYPES)}"),
-}
-
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--track", default="smoke", help=f"one of {', '.join(TRACKS)} (default smoke)")
-    for flag, (_, kind, text) in OVERRIDES.items():
-        p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None, help=text)
+    add_track_flags(p)
     p.add_argument("--run-name", default=None, help="names results/<run>.* and runs/<run>/ (default TRACK-FRAMEWORK)")
     p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     p.add_argument("--stop-after", type=int, default=None, help="end this session after N steps, checkpointed")
@@ -81,8 +49,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def mesh_from_args(args) -> str | None:
-    from configs.model import ConfigError
-
     if args.fsdp:
         if args.mesh is not None:
             raise ConfigError("--fsdp and --mesh conflict: --fsdp means --mesh fsdp=<every device>; pass only one")
@@ -92,8 +58,6 @@ def mesh_from_args(args) -> str | None:
 
 def init_distributed(args) -> None:
     """jax.distributed.initialize, before anything touches a device, when the flags ask for more than one process."""
-    from configs.model import ConfigError
-
     given = [args.coordinator is not None, args.num_processes is not None, args.process_id is not None]
     if not any(given) and not args.distributed:
         return
@@ -110,40 +74,14 @@ def init_distributed(args) -> None:
         jax.distributed.initialize()
 
 
-def track_from_args(args):
-    from configs.model import ConfigError
-
-    if args.tokens is not None and args.target_loss is not None:
-        raise ConfigError("--tokens and --target-loss conflict: a run stops on one rule; pass only one")
-    if args.resume and args.init_from:
-        raise ConfigError("--resume and --init-from conflict: a resumed run continues its own weights")
-    track, optim = {}, {}
-    for flag, (field, _, _) in OVERRIDES.items():
-        value = getattr(args, flag)
-        if value is not None:
-            (optim if field.startswith("optim.") else track)[field.removeprefix("optim.")] = value
-    if "target_tokens" in track:
-        track["target_loss"] = None
-    elif "target_loss" in track:
-        track["target_tokens"] = None
-    base = get_track(args.track)
-    if optim:
-        track["optim"] = base.optim.replace(**optim)
-    return base.replace(**track)
-
-
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     track = track_from_args(args)
     if args.record and not track.leaderboard:
-        from configs.model import ConfigError
-
         raise ConfigError(f"track {track.name!r} has no leaderboard; --record needs a real track")
 
     mesh = mesh_from_args(args)
     if mesh is not None and track.framework != "jax":
-        from configs.model import ConfigError
-
         raise ConfigError("--mesh and --fsdp apply to the jax framework only")
     init_distributed(args)
 

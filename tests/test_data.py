@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jax_nano import data, tokenizer
+from jax_nano.cli import run_main
 from jax_nano.data import DataError, TrainLoader, open_store, val_batches, write_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -342,7 +343,7 @@ def test_bad_datasets_raise_and_do_not_clobber_store(tmp_path, capsys, hf_datase
     ds.save_to_disk(str(tmp_path / "bad"))
     before = snapshot(store_path)
     argv = ["--source", str(tmp_path / "bad"), "--seq-len", "16", "--vocab-size", str(VOCAB), "--out", str(store_path)]
-    assert prepare_data.main([*argv, "--overwrite"]) == 2
+    assert run_main(prepare_data.main, [*argv, "--overwrite"]) == 2
     assert re.search(match, capsys.readouterr().err)
     assert snapshot(store_path) == before
 
@@ -369,7 +370,7 @@ def test_cli_bad_input_exits_2_with_one_line_error(tmp_path, store_path, extra):
         assert r.returncode == 2, (argv, r.stderr)
         assert "Traceback" not in r.stderr
         lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("prepare_data: error:"), r.stderr
+        assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
         assert snapshot(store_path) == before
 
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from configs.model import ConfigError
-from configs.optim import OptimConfig, lr_factor
+from configs.optim import OptimConfig, lr_factor, ortho_coefficients
 
 __all__ = ["Muon", "lr_factor", "make_optimizer", "orthogonalize", "param_label", "step"]
 
@@ -15,25 +15,7 @@ __all__ = ["Muon", "lr_factor", "make_optimizer", "orthogonalize", "param_label"
 # Learning-rate factor: lr_factor lives in configs.optim, shared with the JAX side; LambdaLR applies it below.
 
 # ---------------------------------------------------------------------------------------------------------------
-# Orthogonalization
-
-POLAR_EXPRESS_COEFFS = (
-    (8.156554524902461, -22.48329292557795, 15.878769915207462),
-    (4.042929935166739, -2.808917465908714, 0.5000178451051316),
-    (3.8916678022926607, -2.772484153217685, 0.5060648178503393),
-    (3.285753657755655, -2.3681294933425376, 0.46449024233003106),
-    (2.3465413258596377, -1.7097828382687081, 0.42323551169305323),
-)
-NEWTON_SCHULZ_COEFFS = (3.4445, -4.7750, 2.0315)
-
-
-def _coefficients(method: str, steps: int) -> list:
-    if method == "polar-express":
-        # The list is tuned for 5 steps; past that the last (most conservative) step repeats, as modded-nanogpt does.
-        return list(POLAR_EXPRESS_COEFFS[:steps]) + [POLAR_EXPRESS_COEFFS[-1]] * max(0, steps - 5)
-    if method == "newton-schulz":
-        return [NEWTON_SCHULZ_COEFFS] * steps
-    raise ConfigError(f"unknown orthogonalizer {method!r}; choose one of polar-express, newton-schulz")
+# Orthogonalization: the coefficients live in configs.optim, shared with the JAX side.
 
 
 def orthogonalize(G: torch.Tensor, method: str = "polar-express", steps: int = 5, dtype="bfloat16") -> torch.Tensor:
@@ -44,7 +26,7 @@ def orthogonalize(G: torch.Tensor, method: str = "polar-express", steps: int = 5
         X = X.mT
     safety = 1.01 if method == "polar-express" else 1.0
     X = X / (X.norm(dim=(-2, -1), keepdim=True) * safety + 1e-7)
-    for a, b, c in _coefficients(method, steps):
+    for a, b, c in ortho_coefficients(method, steps):
         A = X @ X.mT
         B = b * A + c * (A @ A)
         X = a * X + B @ X
@@ -60,7 +42,7 @@ class Muon(torch.optim.Optimizer):
 
     def __init__(self, params, lr: float = 0.015, momentum: float = 0.95, method: str = "polar-express",
                  steps: int = 5, dtype="bfloat16"):
-        _coefficients(method, steps)
+        ortho_coefficients(method, steps)
         super().__init__(params, dict(lr=lr, momentum=momentum, method=method, steps=steps, dtype=dtype))
 
     @torch.no_grad()

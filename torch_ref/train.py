@@ -167,5 +167,9 @@ class TorchTrainer:
         return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
 
     @staticmethod
+    def parallelism() -> dict:
+        return {"n_devices": 1, "n_processes": 1, "mesh": "single-device"}
+
+    @staticmethod
     def versions() -> dict:
         return {"torch": torch.__version__}
