@@ -30,6 +30,9 @@ class ModelConfig:
     # float32 for parity, bfloat16 for speed; parameters stay param_dtype.
     compute_dtype: str = "float32"
     param_dtype: str = "float32"
+    # Cross-entropy over this many positions at a time (0: all at once). Chunks are recomputed in the backward
+    # pass, so no (B, T, vocab) float32 logits tensor is ever held: a memory lever, not a change of the function.
+    loss_chunk: int = 0
 
     def __post_init__(self):
         for field in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "max_seq_len"):
@@ -47,6 +50,8 @@ class ModelConfig:
             raise ConfigError(f"head_dim={self.head_dim} must be even for interleaved RoPE; change d_model or n_heads")
         if self.mlp not in MLP_KINDS:
             raise ConfigError(f"unknown mlp {self.mlp!r}; choose one of {', '.join(MLP_KINDS)}")
+        if self.loss_chunk < 0:
+            raise ConfigError(f"loss_chunk={self.loss_chunk} must be >= 0 (0: no chunking)")
         for field in ("compute_dtype", "param_dtype"):
             if getattr(self, field) not in DTYPES:
                 raise ConfigError(f"unknown {field} {getattr(self, field)!r}; choose one of {', '.join(DTYPES)}")

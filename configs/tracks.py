@@ -37,6 +37,7 @@ class Track:
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
     framework: str = "jax"
+    loss_chunk: int = 0  # JAX: cross-entropy over this many positions at a time (configs/model.py)
     leaderboard: bool = True  # False: a track whose rows never enter LEADERBOARD.md (smoke)
 
     def __post_init__(self):

@@ -36,6 +36,7 @@ OVERRIDES = {
     "eval_every": ("eval_every", int, "steps between milestone evaluations (0: only at the end)"),
     "eval_batches": ("eval_batches", int, "fixed validation batches per evaluation"),
     "warmup_steps": ("warmup_steps", int, "untimed warm-up steps before the clock starts"),
+    "loss_chunk": ("loss_chunk", int, "JAX: cross-entropy over N positions at a time, no full logits (0: off)"),
     "checkpoint_every": ("checkpoint_every", int, "steps between checkpoints (0: only at the end)"),
     "keep_checkpoints": ("keep_checkpoints", int, "checkpoints kept on disk"),
     "muon_lr": ("optim.muon_lr", float, "Muon learning rate"),

@@ -158,13 +158,30 @@ class GPT(nnx.Module):
         return self.token_embedding.attend(self.hidden(ids_BT))
 
 
+def _nll(logits_NV, labels_N):
+    logits_NV = logits_NV.astype(jnp.float32)
+    return jax.nn.logsumexp(logits_NV, axis=-1) - jnp.take_along_axis(logits_NV, labels_N[:, None], axis=-1)[:, 0]
+
+
 def loss_fn(model: GPT, ids_BT):
     """Mean next-token cross-entropy over all B*(T-1) positions; labels are the inputs shifted by one."""
-    logits_BTV = model(ids_BT)[:, :-1].astype(jnp.float32)
-    labels_BT = ids_BT[:, 1:]
-    logz_BT = jax.nn.logsumexp(logits_BTV, axis=-1)
-    picked_BT = jnp.take_along_axis(logits_BTV, labels_BT[..., None], axis=-1)[..., 0]
-    return jnp.mean(logz_BT - picked_BT)
+    chunk = model.cfg.loss_chunk
+    if not chunk:
+        logits_BTV = model(ids_BT)[:, :-1]
+        return jnp.mean(_nll(logits_BTV.reshape(-1, logits_BTV.shape[-1]), ids_BT[:, 1:].reshape(-1)))
+    h_BTD = model.hidden(ids_BT)[:, :-1]
+    n, d = h_BTD.shape[0] * h_BTD.shape[1], h_BTD.shape[2]
+    pad = -n % chunk
+    h_CKD = jnp.pad(h_BTD.reshape(n, d), ((0, pad), (0, 0))).reshape(-1, chunk, d)
+    labels_CK = jnp.pad(ids_BT[:, 1:].reshape(n), (0, pad)).reshape(-1, chunk)
+
+    @jax.checkpoint  # the backward pass recomputes each chunk's logits instead of keeping them all
+    def chunk_nll(xs):
+        h_KD, labels_K = xs
+        return _nll(model.token_embedding.attend(h_KD), labels_K)
+
+    nll_CK = jax.lax.map(chunk_nll, (h_CKD, labels_CK))
+    return jnp.sum(nll_CK.reshape(-1)[:n]) / n
 
 
 def count_params(cfg: ModelConfig) -> int:

@@ -37,7 +37,8 @@ class TrainState(NamedTuple):
 
 
 def model_config_for(track: Track, cfg: ModelConfig) -> ModelConfig:
-    """Apply the track's precision policy to a model config."""
+    """Apply the track's precision policy (and loss chunking) to a model config."""
+    cfg = cfg.replace(loss_chunk=track.loss_chunk)
     if track.precision == "float32":
         return cfg.replace(compute_dtype="float32", param_dtype="float32")
     if track.precision == "bf16":
