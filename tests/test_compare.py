@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jax_nano import compare
+from jax_nano import compare, stats
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,17 +27,17 @@ ROOT = Path(__file__).resolve().parent.parent
     (3.5, 4.5, 0.020541690),      # non-integer df (Welch); checked by Simpson integration of the pdf
 ])
 def test_student_t_two_sided_p_matches_known_values(t, df, p):
-    assert compare.student_t_sf2(t, df) == pytest.approx(p, rel=1e-4, abs=1e-9)
+    assert stats.student_t_sf2(t, df) == pytest.approx(p, rel=1e-4, abs=1e-9)
 
 
 def test_betainc_matches_closed_forms():
     # I_x(1, 1) = x; I_x(a, 1) = x^a; I_x(1, b) = 1 - (1-x)^b; I_0.5(a, a) = 0.5.
     for x in (0.01, 0.3, 0.5, 0.9, 0.999):
-        assert compare.betainc(1, 1, x) == pytest.approx(x, rel=1e-12)
-        assert compare.betainc(3.5, 1, x) == pytest.approx(x ** 3.5, rel=1e-10)
-        assert compare.betainc(1, 2.5, x) == pytest.approx(1 - (1 - x) ** 2.5, rel=1e-10)
-    assert compare.betainc(7.3, 7.3, 0.5) == pytest.approx(0.5, rel=1e-12)
-    assert compare.betainc(2, 3, 0.0) == 0.0 and compare.betainc(2, 3, 1.0) == 1.0
+        assert stats.betainc(1, 1, x) == pytest.approx(x, rel=1e-12)
+        assert stats.betainc(3.5, 1, x) == pytest.approx(x ** 3.5, rel=1e-10)
+        assert stats.betainc(1, 2.5, x) == pytest.approx(1 - (1 - x) ** 2.5, rel=1e-10)
+    assert stats.betainc(7.3, 7.3, 0.5) == pytest.approx(0.5, rel=1e-12)
+    assert stats.betainc(2, 3, 0.0) == 0.0 and stats.betainc(2, 3, 1.0) == 1.0
 
 
 def test_welch_t_test_matches_a_worked_example():
@@ -46,13 +46,13 @@ def test_welch_t_test_matches_a_worked_example():
     # and p = 0.0062760 (Simpson integration of the t pdf).
     a = [19.1, 18.5, 19.4, 18.8]
     b = [20.2, 19.6, 21.3, 20.0, 20.9]
-    res = compare.welch_t_test(a, b)
+    res = stats.welch_t_test(a, b)
     assert res["t"] == pytest.approx(-3.983456, rel=1e-6)
     assert res["df"] == pytest.approx(6.442661, rel=1e-6)
     assert res["p"] == pytest.approx(0.0062760, rel=1e-4)
-    assert compare.welch_t_test([1.0], [2.0, 3.0]) is None
-    assert compare.welch_t_test([1.0, 1.0], [1.0, 1.0])["p"] == 1.0
-    assert compare.welch_t_test([1.0, 1.0], [2.0, 2.0])["p"] == 0.0
+    assert stats.welch_t_test([1.0], [2.0, 3.0]) is None
+    assert stats.welch_t_test([1.0, 1.0], [1.0, 1.0])["p"] == 1.0
+    assert stats.welch_t_test([1.0, 1.0], [2.0, 2.0])["p"] == 0.0
 
 
 def summary(framework, k, active, setup, *, tokens=10_240, loss=3.0, reached=None):
@@ -72,7 +72,7 @@ def test_three_repeats_give_a_welch_p_value_and_a_verdict(tmp_path):
     curve = {"step": [0, 1], "loss": [5.0, 4.0], "active_time_s": [0.1, 0.2]}
     result = compare.aggregate(runs, [curve] * 6)
     welch = result["welch_active_time"]
-    expected = compare.welch_t_test(jax_times, torch_times)
+    expected = stats.welch_t_test(jax_times, torch_times)
     assert welch["p"] == pytest.approx(expected["p"]) and welch["p"] < 0.05 and welch["significant"]
     assert "JAX is faster" in welch["statement"] and "significant at 0.05" in welch["statement"]
     jax_m = result["frameworks"]["jax"]["metrics"]
