@@ -131,3 +131,19 @@ def test_smoke_command_runs_from_the_cli(tmp_path):
     out = cli("--track", "smoke", "--max-steps", "4", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Active Training Time" in out.stdout and (tmp_path / "results" / "smoke-jax.json").is_file()
+
+
+def test_record_appends_the_runs_row_to_its_track_table(toy_store, tmp_path):
+    from jax_nano.leaderboard import read_rows
+
+    board = tmp_path / "LEADERBOARD.md"
+    board.write_text((ROOT / "LEADERBOARD.md").read_text())
+    out = cli("--track", "8M", "--model", "tiny", "--data", toy_store, "--seq-len", "64", "--batch-size", "8",
+              "--tokens", str(8 * 64 * 3), "--precision", "float32", "--eval-batches", "2", "--warmup-steps", "1",
+              "--record", "--leaderboard", str(board), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = read_rows(board)
+    assert [len(rows[t]) for t in ("8M", "4.5loss", "1B")] == [1, 0, 0]
+    summary = json.loads((tmp_path / "results" / "8M-jax.json").read_text())
+    assert rows["8M"][0]["framework"] == "jax" and rows["8M"][0]["steps"] == "3"
+    assert rows["8M"][0]["active training time"] == summary["active_time"]
