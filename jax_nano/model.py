@@ -75,7 +75,8 @@ class Attention(nnx.Module):
         cfg = self.cfg
         if not cfg.fused_qkvo:
             return self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD), self.w_o
-        w_DE = self.qkvo_proj[...].astype(x_BTD.dtype)
+        x_BTD = x_BTD.astype(cfg.compute_dtype)
+        w_DE = self.qkvo_proj[...].astype(cfg.compute_dtype)
         qkv = x_BTD @ w_DE[:, : cfg.d_model + 2 * cfg.kv_dim]
         q, k, v = jnp.split(qkv, [cfg.d_model, cfg.d_model + cfg.kv_dim], axis=-1)
         w_o_DD = w_DE[:, cfg.d_model + 2 * cfg.kv_dim :]
@@ -128,8 +129,10 @@ class Block(nnx.Module):
 class GPT(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
+        # The residual stream keeps the parameters' dtype (float32 under bf16 compute, as PyTorch autocast keeps
+        # it); only matmul inputs are cast to the compute dtype.
         self.token_embedding = nnx.Embed(
-            cfg.vocab_size, cfg.d_model, dtype=_dtype(cfg.compute_dtype), param_dtype=_dtype(cfg.param_dtype),
+            cfg.vocab_size, cfg.d_model, dtype=_dtype(cfg.param_dtype), param_dtype=_dtype(cfg.param_dtype),
             embedding_init=nnx.initializers.normal(cfg.init_std), rngs=rngs,
         )
 
@@ -145,7 +148,7 @@ class GPT(nnx.Module):
         """Final normalized hidden states (B, T, D), before the tied LM head."""
         cfg = self.cfg
         cos_TP, sin_TP = rope_tables(ids_BT.shape[1], cfg.head_dim, cfg.rope_base)
-        x_BTD = self.token_embedding(ids_BT) * jnp.asarray(math.sqrt(cfg.d_model), _dtype(cfg.compute_dtype))
+        x_BTD = self.token_embedding(ids_BT) * jnp.asarray(math.sqrt(cfg.d_model), _dtype(cfg.param_dtype))
 
         @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
         def run_blocks(x_BTD, block):
@@ -153,9 +156,14 @@ class GPT(nnx.Module):
 
         return self.norm(run_blocks(x_BTD, self.transformer_blocks))
 
+    def logits(self, h_BTD):
+        """The LM head, tied to the token embedding, in the compute dtype."""
+        dtype = _dtype(self.cfg.compute_dtype)
+        return h_BTD.astype(dtype) @ self.token_embedding.embedding[...].astype(dtype).T
+
     def __call__(self, ids_BT):
-        """Logits (B, T, V) through the LM head tied to the token embedding."""
-        return self.token_embedding.attend(self.hidden(ids_BT))
+        """Logits (B, T, V)."""
+        return self.logits(self.hidden(ids_BT))
 
 
 def _nll(logits_NV, labels_N):
@@ -178,7 +186,7 @@ def loss_fn(model: GPT, ids_BT):
     @jax.checkpoint  # the backward pass recomputes each chunk's logits instead of keeping them all
     def chunk_nll(xs):
         h_KD, labels_K = xs
-        return _nll(model.token_embedding.attend(h_KD), labels_K)
+        return _nll(model.logits(h_KD), labels_K)
 
     nll_CK = jax.lax.map(chunk_nll, (h_CKD, labels_CK))
     return jnp.sum(nll_CK.reshape(-1)[:n]) / n

@@ -107,13 +107,16 @@ def test_151m_gradients_match_for_every_parameter():
     assert_all_close(grads_jax, grads_torch, 1e-4, what="gradient")
 
 
-# Measured on CPU (jax 0.10.2, torch 2.13.0), tiny preset, 9 draws (3 seeds x 3 variants): max-abs logits
-# difference 0.0078125 every time, one bfloat16 ulp for |logits| in [1, 2); each framework's bf16 logits were
-# within 0.0058 of the float32 ones. The bound sits just above one ulp.
+# Measured on CPU (jax 0.10.2, torch 2.13.0), tiny preset, 3 variants x 2 seeds: max-abs logits difference
+# 0.0078125 every time (one bfloat16 ulp for |logits| in [1, 2)), mean-abs 1.23e-4..1.25e-4, 71% of the logits
+# bit-identical; each framework's bf16 logits were within 0.0058 of the float32 ones. The bounds sit just above.
 BF16_BOUND = 0.01
+BF16_MEAN_BOUND = 2.5e-4
+
+
 def test_bf16_compute_logits_agree_within_measured_bound():
     cfg = get_model_config("tiny")
-    jax_model, torch_model = twin_models(cfg)
+    _, torch_model = twin_models(cfg)
     bf16_model = jm.GPT(cfg.replace(compute_dtype="bfloat16"), rngs=nnx.Rngs(0))
     load_params(bf16_model, torch_to_jax(torch_model.state_dict(), cfg))
     ids = random_ids(cfg, 2, 64)
@@ -122,6 +125,8 @@ def test_bf16_compute_logits_agree_within_measured_bound():
     logits_jax = bf16_model(jnp.asarray(ids)).astype(jnp.float32)
     err = max_abs_error(logits_jax, logits_torch)
     assert err <= BF16_BOUND, f"bf16 logits max-abs error {err:.3e} > {BF16_BOUND}"
+    mean_err = float(np.mean(np.abs(np.asarray(logits_jax) - logits_torch.numpy())))
+    assert mean_err <= BF16_MEAN_BOUND, f"bf16 logits mean-abs error {mean_err:.3e} > {BF16_MEAN_BOUND}"
 
 
 def test_bad_state_dicts_are_one_line_errors():
