@@ -133,15 +133,15 @@ def cli_args(store: str, *extra) -> list:
             "--adamw-lr", "0.006", "--ortho-dtype", "float32", *extra]
 
 
-def test_two_processes_with_two_devices_each_agree_with_one_process(toy_store, reference, tmp_path):
-    port, steps = free_port(), 6
+def run_two_processes(store: str, tmp_path: Path, *extra) -> list:
+    """Both processes of a 2 x 2-device jax.distributed run on localhost: [(returncode, stdout, stderr)]."""
     env = {**fake_devices(2), "JAX_NANO_CACHE": str(tmp_path / "cache")}
-    common = ["--run-name", "mp", "--stop-after", str(steps), "--mesh", "data=2,fsdp=2",
-              "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
+    common = ["--run-name", "mp", "--mesh", "data=2,fsdp=2", "--coordinator", f"127.0.0.1:{free_port()}",
+              "--num-processes", "2", *extra]
     procs = []
     try:
         for i in range(2):
-            procs.append(subprocess.Popen(cli_args(toy_store, *common, "--process-id", str(i)), cwd=tmp_path, env=env,
+            procs.append(subprocess.Popen(cli_args(store, *common, "--process-id", str(i)), cwd=tmp_path, env=env,
                                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                           start_new_session=True))
         outs = [p.communicate(timeout=150) for p in procs]
@@ -150,14 +150,27 @@ def test_two_processes_with_two_devices_each_agree_with_one_process(toy_store, r
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
                 p.wait()
-    for p, (_out, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
+
+
+def test_two_processes_with_two_devices_each_agree_with_one_process(toy_store, reference, tmp_path):
+    steps = 6
+    first = run_two_processes(toy_store, tmp_path, "--stop-after", str(steps))
+    for rc, _out, err in first:
+        assert rc == 0, err[-3000:]
     # Only process 0 reports (gloo's own connection lines aside).
-    assert "stopped at step 6" in outs[0][0] and "stopped at step" not in outs[1][0], outs
+    assert "stopped at step 6" in first[0][1] and "stopped at step" not in first[1][1], first
     assert_same_curve(losses(tmp_path / "results", "mp"), reference, "2 processes x 2 devices")
     assert len(losses(tmp_path / "results", "mp")) == steps
     # The multi-host checkpoint was written (one directory, both processes' shards).
     assert (tmp_path / "runs" / "mp" / "checkpoints" / str(steps)).is_dir()
+    # Both processes resume it and finish: final evaluation, summary and end checkpoint, on every process.
+    rest = run_two_processes(toy_store, tmp_path, "--resume")
+    for rc, _out, err in rest:
+        assert rc == 0, err[-3000:]
+    assert "Active Training Time" in rest[0][1] and "Active Training Time" not in rest[1][1]
+    assert_same_curve(losses(tmp_path / "results", "mp"), reference, "2 processes x 2 devices, resumed")
+    assert len(losses(tmp_path / "results", "mp")) == STEPS
 
 
 @pytest.mark.parametrize("devices,extra,message", [
