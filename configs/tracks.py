@@ -31,7 +31,6 @@ class Track:
     seed: int = 42
     eval_every: int = 0  # steps between milestone evaluations; 0: only at the end
     eval_batches: int = 100
-    log_every: int = 10
     # Upstream's untimed warm-up before the clock starts (weights and optimizer are reset after it).
     warmup_steps: int = 3
     checkpoint_every: int = 0
@@ -101,7 +100,7 @@ TRACKS = {
     # CPU smoke run: a small model on the embedded sample, about a minute on two cores.
     "smoke": Track(name="smoke", model="small", batch_size=8, seq_len=128, optim=_TOKEN_OPTIM.replace(muon_lr=0.02),
                    target_tokens=8 * 128 * 60, precision="float32", data="sample", eval_every=20,
-                   eval_batches=4, log_every=5, warmup_steps=1, leaderboard=False),
+                   eval_batches=4, warmup_steps=1, leaderboard=False),
 }
 
 

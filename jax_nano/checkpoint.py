@@ -30,6 +30,14 @@ def fingerprint(track: Track, cfg: ModelConfig) -> dict:
     return {"digest": digest, "model": cfg.name, "track": track.name, "precision": track.precision}
 
 
+def check_fingerprint(saved: dict, fp: dict, where) -> None:
+    if saved["digest"] != fp["digest"]:
+        raise CheckpointError(
+            f"checkpoint {where} is from another run (model {saved['model']}, track {saved['track']}, "
+            f"precision {saved['precision']}); resume with the same settings or choose another --run-name"
+        )
+
+
 def manager(run_dir, keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
     return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints", options=options)
@@ -54,12 +62,7 @@ def restore_latest(mgr: ocp.CheckpointManager, abstract_state, fp: dict):
         raise CheckpointError(
             f"checkpoint {where} is unreadable ({type(e).__name__}); delete it to use the one before"
         ) from e
-    saved = meta["fingerprint"]
-    if saved["digest"] != fp["digest"]:
-        raise CheckpointError(
-            f"checkpoint {where} is from another run (model {saved['model']}, track {saved['track']}, "
-            f"precision {saved['precision']}); resume with the same settings or choose another --run-name"
-        )
+    check_fingerprint(meta["fingerprint"], fp, where)
     try:
         state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
     except Exception as e:

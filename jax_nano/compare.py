@@ -440,19 +440,16 @@ def export_initial_weights(track: Track, path) -> None:
     Built on the host CPU, in float32 (each trainer casts to its precision policy), so that the accelerator's
     memory and compilation cache see nothing of it before the timed run."""
     import jax
-    import torch
     from flax import nnx
 
     from configs.model import get_model_config
-    from jax_nano.convert import jax_to_torch
+    from jax_nano.convert import jax_to_torch, save_torch
     from jax_nano.model import GPT
 
     cfg = get_model_config(track.model)
     with jax.default_device(jax.devices("cpu")[0]):
         state_dict = jax_to_torch(nnx.state(GPT(cfg, rngs=nnx.Rngs(track.seed)), nnx.Param), cfg)
-    tmp = Path(f"{path}.tmp")
-    torch.save(state_dict, tmp)
-    tmp.replace(path)
+    save_torch(state_dict, path)
 
 
 def _worker(job_path: str) -> int:

@@ -4,6 +4,8 @@ Both directions only transpose (torch Linear is (out, in), a Flax kernel (in, ou
 the layer axis, so a round trip is bit-exact in any dtype.
 """
 
+from pathlib import Path
+
 import jax.numpy as jnp
 import numpy as np
 import torch
@@ -41,6 +43,15 @@ def _get(tree: dict, path):
     for key in path:
         tree = tree[key]
     return tree
+
+
+def save_torch(obj, path) -> None:
+    """`torch.save` through a temp file and a rename: a crash never leaves a half-written file at `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -14,6 +14,7 @@ from configs.errors import UserError
 from configs.model import get_model_config
 from configs.tracks import Track
 from jax_nano import data, loop, report
+from jax_nano.convert import save_torch
 from jax_nano.eligibility import check as eligibility
 
 
@@ -146,14 +147,9 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
         trainer.save(progress)
     trainer.close()
     if export_to is not None:
-        import torch
-
         state_dict = trainer.export_state_dict()  # every process: a gather under a mesh
-    if export_to is not None and lead:
-        Path(export_to).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(f"{export_to}.tmp")
-        torch.save(state_dict, tmp)
-        tmp.replace(export_to)
+        if lead:
+            save_torch(state_dict, export_to)
 
     summary = summarize(track, trainer, progress, final, setup_s, run_name, counter.count - compiles_before)
     if not lead:

@@ -112,17 +112,18 @@ class JaxTrainer:
 
     # -- state ---------------------------------------------------------------------------------------------
 
-    def _fresh_state(self) -> TrainState:
-        params = nnx.state(GPT(self.cfg, rngs=nnx.Rngs(self.seed)), nnx.Param)
+    def _state_of(self, params) -> TrainState:
         return TrainState(params, self.tx.init(params), jnp.zeros([], jnp.int32), jnp.zeros([], jnp.bool_))
+
+    def _fresh_state(self) -> TrainState:
+        return self._state_of(nnx.state(GPT(self.cfg, rngs=nnx.Rngs(self.seed)), nnx.Param))
 
     def initial_state(self) -> TrainState:
         if self.init_state_dict is None:
             return self._init()
         model = GPT(self.cfg, rngs=nnx.Rngs(self.seed))
         load_params(model, torch_to_jax(self.init_state_dict, self.cfg))
-        params = nnx.state(model, nnx.Param)
-        state = TrainState(params, self.tx.init(params), jnp.zeros([], jnp.int32), jnp.zeros([], jnp.bool_))
+        state = self._state_of(nnx.state(model, nnx.Param))
         return jax.device_put(state, self.state_sharding) if self.state_sharding is not None else state
 
     def abstract_state(self):
@@ -156,7 +157,7 @@ class JaxTrainer:
         self._eval = jax.jit(make_eval_step(self.graphdef), **sharded).lower(abstract.params, batch_spec).compile()
         self.state = self.initial_state()
         for ids_BT in warmup_batches:
-            self.state, metrics = self._step(self.state, self._put(ids_BT))
+            self.state, _ = self._step(self.state, self._put(ids_BT))
         if val_NBT is not None:
             jax.block_until_ready(self._eval(self.state.params, self._put_global(val_NBT[0])))
         jax.block_until_ready(self.state)

@@ -3,11 +3,9 @@
 import numpy as np
 import pytest
 
-from configs.optim import OptimConfig
-from configs.tracks import get_track
 from jax_nano import data
-
-VOCAB, SEQ = 512, 64
+from tests import toy
+from tests.toy import SEQ, VOCAB
 
 
 @pytest.fixture(scope="session")
@@ -27,13 +25,4 @@ def toy_store(tmp_path_factory) -> str:
 @pytest.fixture
 def toy_track(toy_store):
     """A float32 token track of the tiny model on the toy store; tests change what they need."""
-
-    def make(**changes):
-        base = get_track("smoke").replace(
-            model="tiny", data=toy_store, batch_size=8, seq_len=SEQ, target_tokens=8 * SEQ * 30, precision="float32",
-            eval_every=0, eval_batches=2, warmup_steps=1, log_every=1,
-            optim=OptimConfig(muon_lr=0.02, adamw_lr=0.006, ortho_dtype="float32"),
-        )
-        return base.replace(**changes)
-
-    return make
+    return lambda **changes: toy.toy_track(toy_store, **changes)

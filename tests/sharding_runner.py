@@ -17,23 +17,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import jax  # noqa: E402
 
 from configs.model import get_model_config  # noqa: E402
-from configs.optim import OptimConfig  # noqa: E402
-from configs.tracks import get_track  # noqa: E402
 from jax_nano import sharding  # noqa: E402
 from jax_nano.speedrun import speedrun  # noqa: E402
 from jax_nano.train import JaxTrainer  # noqa: E402
-
-SEQ = 64
-
-
-def toy_track(store: str, steps: int, **changes):
-    """The same track as tests/conftest.py's toy_track."""
-    return get_track("smoke").replace(
-        model="tiny", data=store, batch_size=8, seq_len=SEQ, target_tokens=8 * SEQ * steps, precision="float32",
-        eval_every=0, eval_batches=2, warmup_steps=1, log_every=1,
-        optim=OptimConfig(muon_lr=0.02, adamw_lr=0.006, ortho_dtype="float32"), **changes,
-    )
-
+from tests.toy import toy_track  # noqa: E402
 
 PROBED = {
     "embedding": ("params", "token_embedding", "embedding"),

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from jax_nano.speedrun import speedrun
-from tests.sharding_runner import toy_track
+from tests.toy import toy_track
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNNER = ROOT / "tests" / "sharding_runner.py"

@@ -7,6 +7,7 @@ loss of each step is read at once (`loss.item()`), as upstream does.
 
 import contextlib
 import copy
+import dataclasses
 import platform
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from configs.model import ModelConfig
 from configs.tracks import Track
 from jax_nano import checkpoint as ckpt
+from jax_nano.convert import save_torch
 from torch_ref import optim
 from torch_ref.model import MinimalLLM, loss_fn
 
@@ -107,16 +109,10 @@ class TorchTrainer:
         return sorted(folder.glob("*.pt"), key=lambda p: int(p.stem)) if folder.is_dir() else []
 
     def save(self, progress):
-        import dataclasses
-
-        folder = Path(self.run_dir) / "checkpoints"
-        folder.mkdir(parents=True, exist_ok=True)
         payload = {"model": self.model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
                    "schedulers": [s.state_dict() for s in self.schedulers],
                    "progress": dataclasses.asdict(progress), "fingerprint": self.fingerprint()}
-        final = folder / f"{progress.next_step}.pt"
-        torch.save(payload, folder / f"{progress.next_step}.pt.tmp")
-        (folder / f"{progress.next_step}.pt.tmp").replace(final)
+        save_torch(payload, Path(self.run_dir) / "checkpoints" / f"{progress.next_step}.pt")
         for old in self._checkpoints()[: -self.track.keep_checkpoints]:
             old.unlink()
 
@@ -131,12 +127,7 @@ class TorchTrainer:
         except Exception as e:  # a truncated or foreign file raises many types
             raise ckpt.CheckpointError(f"checkpoint {found[-1]} is corrupted ({type(e).__name__}); delete it to use "
                                        "the one before") from e
-        saved = payload["fingerprint"]
-        if saved["digest"] != self.fingerprint()["digest"]:
-            raise ckpt.CheckpointError(
-                f"checkpoint {found[-1]} is from another run (model {saved['model']}, track {saved['track']}, "
-                f"precision {saved['precision']}); resume with the same settings or choose another --run-name"
-            )
+        ckpt.check_fingerprint(payload["fingerprint"], self.fingerprint(), found[-1])
         self.model.load_state_dict(payload["model"])
         for obj, state in zip(self.optimizers + self.schedulers, payload["optimizers"] + payload["schedulers"]):
             obj.load_state_dict(state)
