@@ -4,12 +4,8 @@
 the same initial weights (the JAX initialisation, exported once as a PyTorch state_dict and given to every run
 as `init_from`), and writes one report: Markdown, JSON and a PNG of the loss-vs-Active-Training-Time curves.
 
-Every run is its own process (`python -m jax_nano.compare _worker JOB`), so that
-- JAX's GPU memory pool and PyTorch's caching allocator never share one process (each would starve the other),
-  and peak device memory is per run, not the maximum over everything the process did before;
-- "cold" and "warm" Setup & Compilation Time mean what they say: the comparison gets fresh, empty compilation
-  caches (JAX's persistent cache, TorchInductor's and Triton's), so each framework's first run compiles from
-  scratch and its later runs start from the cache its first run filled, as a second `speedrun.py` would.
+Every run is its own process with the comparison's own fresh compilation caches (jax_nano/worker.py), so peak
+device memory is per run and each framework's first run is cold, its later runs warm.
 
 The statistics (median, spread, Welch's t-test) are in jax_nano/stats.py.
 """
@@ -18,21 +14,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import pickle
+import math
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 from configs.errors import UserError
 from configs.tracks import FRAMEWORKS, Track
 from jax_nano.stats import ratio, spread, welch_t_test
+from jax_nano.worker import launch, worker_env
 
-ROOT = Path(__file__).resolve().parent.parent
 LABEL = {"jax": "JAX", "torch": "PyTorch"}
 
 
@@ -228,8 +220,9 @@ def render_markdown(result: dict) -> str:
                      f"`{track['precision']}`, data `{track['data']}`, stop at {stop}"
                      + (f" (max_steps {track['max_steps']})" if track.get("max_steps") else ""))
     if result.get("throughput_only"):
-        lines.append("- **throughput-only comparison**: the track's stop rule was replaced by "
-                     "`--steps`/`--tokens`; losses are not the track's result")
+        lines.append("- **throughput-only comparison**: a fixed step budget (`--steps`/`--tokens`) instead of the "
+                     "track's stop rule (a loss track keeps its target check, with a target it cannot reach); "
+                     "losses are not the track's result")
     order = ", ".join(LABEL[f] for f in result["order"])
     lines.append(f"- {result['repeats']} runs per framework, interleaved: {order}; every run a fresh process, both "
                  "frameworks from the same initial weights")
@@ -298,46 +291,24 @@ def write_report(result: dict, curves: list[dict], stem) -> dict:
 
 
 def stop_rule(track: Track, *, steps: int | None = None, tokens: int | None = None) -> Track:
-    """A throughput-only comparison: the track stops after `steps` steps or `tokens` tokens, whatever its rule."""
+    """Throughput mode: the track stops after `steps` steps (or the steps that hold `tokens` tokens).
+
+    The program timed stays the track's own: a loss track keeps its per-step target check, with a target no
+    run can reach (a cross-entropy is never below -inf) and the budget as its step cap; a token track gets
+    the budget as its token target."""
     if steps is not None and tokens is not None:
         raise CompareError("--steps and --tokens conflict: pass only one budget")
-    if steps is not None:
-        if steps < 1:
-            raise CompareError(f"--steps {steps}: must be >= 1")
-        tokens = steps * track.tokens_per_step
-    if tokens is None:
-        return track
-    if tokens < 1:
+    if steps is not None and steps < 1:
+        raise CompareError(f"--steps {steps}: must be >= 1")
+    if tokens is not None and tokens < 1:
         raise CompareError(f"--tokens {tokens}: must be >= 1")
-    return track.replace(target_tokens=tokens, target_loss=None, max_tokens=None)
-
-
-def _worker_env(work: Path, framework: str = "jax") -> dict:
-    env = dict(os.environ)
-    if framework == "torch":
-        # JAX is imported by the shared driver; on a GPU it must not take a memory pool beside PyTorch.
-        env["JAX_PLATFORMS"] = "cpu"
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    # Fresh caches for this comparison: the first run of each framework is cold, the later ones warm.
-    env["JAX_COMPILATION_CACHE_DIR"] = str(work / "cache" / "xla")
-    env["TORCHINDUCTOR_CACHE_DIR"] = str(work / "cache" / "inductor")
-    env["TRITON_CACHE_DIR"] = str(work / "cache" / "triton")
-    return env
-
-
-def _launch(job: dict, work: Path, what: str, env: dict | None = None) -> dict:
-    """Run one job in a fresh process; its result dict, or the one-line error it raised."""
-    name = f"job-{time.monotonic_ns()}"
-    job_path, out_path = work / f"{name}.pkl", work / f"{name}.out.json"
-    job_path.write_bytes(pickle.dumps({**job, "out": str(out_path)}))
-    proc = subprocess.run([sys.executable, "-m", "jax_nano.compare", "_worker", str(job_path)],
-                          env=env or _worker_env(work))
-    result = json.loads(out_path.read_text()) if out_path.is_file() else None
-    if result is not None and "error" in result:
-        raise CompareError(f"{what}: {result['error']}")
-    if proc.returncode != 0 or result is None:
-        raise RuntimeError(f"{what} failed with exit code {proc.returncode}; its output is above")
-    return result
+    if steps is None and tokens is None:
+        return track
+    if track.is_loss_track:
+        steps = steps if steps is not None else -(-tokens // track.tokens_per_step)
+        return track.replace(target_loss=-math.inf, max_tokens=None, max_steps=steps)
+    tokens = tokens if tokens is not None else steps * track.tokens_per_step
+    return track.replace(target_tokens=tokens, max_tokens=None)
 
 
 def _check_data(track: Track) -> None:
@@ -382,11 +353,11 @@ def compare(track: Track, *, repeats: int = 3, results_dir="results", output=Non
                 cache = "cold cache" if k == 0 else "warm cache"
                 log(f"[compare] run {i}/{total}: {LABEL[fw]} (repeat {k + 1}/{repeats}, {cache})")
                 run_name = f"compare-{track.name}-{fw}-{k + 1}"
-                summary = _launch({"mode": "run", "track": track.replace(framework=fw), "run_name": run_name,
+                summary = launch({"mode": "run", "track": track.replace(framework=fw), "run_name": run_name,
                                    "results_dir": str(run_results), "runs_dir": str(work / "runs"),
                                    "init_from": str(work / "init.pt"), "show_bar": show_bar,
                                    "export_init": not summaries, "mesh": mesh if fw == "jax" else None},
-                                  work, f"run {i}/{total} ({LABEL[fw]})", env=_worker_env(work, fw))
+                                  work, f"run {i}/{total} ({LABEL[fw]})", env=worker_env(work, fw))
                 summaries.append(summary)
                 curves.append(curve_of(run_results / f"{run_name}.jsonl"))
                 log(f"[compare]   {LABEL[fw]}: {summary['active_time']} active, {summary['tokens_per_s']:,.0f} "
@@ -400,7 +371,7 @@ def compare(track: Track, *, repeats: int = 3, results_dir="results", output=Non
         write_report(result, curves, stem)
         if profile_dir is not None:
             log(f"[compare] profiling 5 JAX steps into {profile_dir} (not timed, not in the report)")
-            _launch({"mode": "profile", "track": track.replace(max_steps=5, eval_batches=1, eval_every=0),
+            launch({"mode": "trace", "track": track.replace(max_steps=5, eval_batches=1, eval_every=0),
                      "profile_dir": str(profile_dir), "runs_dir": str(work / "runs"),
                      "results_dir": str(work / "profile-results"), "init_from": str(work / "init.pt"),
                      "show_bar": show_bar, "mesh": mesh}, work, "the profiled JAX run")
@@ -429,60 +400,3 @@ def notes_for(summaries: list[dict]) -> list[str]:
     if any(s.get("compiles_during_run") for s in summaries):
         notes.append("WARNING: a run compiled during its timed loop (compiles_during_run > 0).")
     return notes
-
-
-# -- the worker: one job in a fresh process ----------------------------------------------------------------------
-
-
-def export_initial_weights(track: Track, path) -> None:
-    """JAX's initialisation of the track's model (its seed), as an upstream PyTorch state_dict at `path`.
-
-    Built on the host CPU, in float32 (each trainer casts to its precision policy), so that the accelerator's
-    memory and compilation cache see nothing of it before the timed run."""
-    import jax
-    from flax import nnx
-
-    from configs.model import get_model_config
-    from jax_nano.convert import jax_to_torch, save_torch
-    from jax_nano.model import GPT
-
-    cfg = get_model_config(track.model)
-    with jax.default_device(jax.devices("cpu")[0]):
-        state_dict = jax_to_torch(nnx.state(GPT(cfg, rngs=nnx.Rngs(track.seed)), nnx.Param), cfg)
-    save_torch(state_dict, path)
-
-
-def _worker(job_path: str) -> int:
-    job = pickle.loads(Path(job_path).read_bytes())
-    out = Path(job["out"])
-    try:
-        import jax
-
-        if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-            jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-        from jax_nano.speedrun import speedrun
-
-        track = job["track"]
-        if job.get("export_init"):
-            export_initial_weights(track, job["init_from"])
-        kw = dict(results_dir=job["results_dir"], runs_dir=job["runs_dir"], init_from=job["init_from"],
-                  show_bar=job["show_bar"], mesh=job.get("mesh"), save_final=False)
-        if job["mode"] == "profile":
-            with jax.profiler.trace(job["profile_dir"]):
-                result = speedrun(track, run_name="profile", **kw)
-        else:
-            result = speedrun(track, run_name=job["run_name"], **kw)
-    except UserError as e:
-        out.write_text(json.dumps({"error": str(e)}))
-        return 2
-    from jax_nano.report import write_json_atomic
-
-    write_json_atomic(out, result)
-    return 0
-
-
-if __name__ == "__main__":
-    if len(sys.argv) == 3 and sys.argv[1] == "_worker":
-        sys.exit(_worker(sys.argv[2]))
-    sys.exit("usage: python scripts/compare.py --help (this module's own entry point is internal)")

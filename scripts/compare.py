@@ -26,7 +26,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3, help="runs per framework, interleaved (default 3; >= 3 adds "
                    "Welch's t-test on Active Training Time)")
     p.add_argument("--steps", type=int, default=None, help="throughput-only: stop after N steps, whatever the "
-                   "track's stop rule (a loss track becomes a token budget)")
+                   "track's stop rule (a loss track keeps its target check, with a target it cannot reach)")
     for flag, (_, kind, text) in OVERRIDES.items():
         if flag == "framework":
             continue  # both, always
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         raise compare.CompareError("--steps and --tokens conflict: pass only one budget")
     if (args.steps is not None or args.tokens is not None) and args.target_loss is not None:
         raise compare.CompareError("--steps/--tokens and --target-loss conflict: a run stops on one rule")
-    tokens, args.tokens = args.tokens, None  # applied below, so that a loss track becomes a token budget too
+    tokens, args.tokens = args.tokens, None  # applied below by stop_rule, which keeps a loss track a loss track
     track = track_from_args(args)
     throughput_only = args.steps is not None or tokens is not None
     track = compare.stop_rule(track, steps=args.steps, tokens=tokens)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from configs.tracks import get_track
 from jax_nano import compare, stats
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -98,13 +99,25 @@ def test_three_repeats_give_a_welch_p_value_and_a_verdict(tmp_path):
     assert res["frameworks"]["jax"]["metrics"]["scaling_efficiency"]["median"] == pytest.approx(per_device / 1024)
 
 
-def test_throughput_only_stop_rule_turns_a_loss_track_into_a_token_budget(toy_track):
-    loss = toy_track(target_tokens=None, target_loss=1.0, max_tokens=10**6)
-    quick = compare.stop_rule(loss, steps=7)
-    assert quick.target_loss is None and quick.total_steps == 7
-    assert compare.stop_rule(loss, tokens=8 * 64 * 3).total_steps == 3
+def test_throughput_mode_times_the_tracks_own_program(toy_track):
+    # A loss track stays a loss track: the target check stays on, with a target no loss reaches, for the steps asked.
+    real = get_track("4.5loss")
+    quick = compare.stop_rule(real, steps=7)
+    assert quick.is_loss_track and quick.target_loss == -math.inf and quick.total_steps == 7
+    assert quick.target_tokens is None and quick.max_tokens is None
+    assert (quick.model, quick.batch_size, quick.seq_len, quick.precision) == (
+        real.model, real.batch_size, real.seq_len, real.precision)
+    by_tokens = compare.stop_rule(real, tokens=3 * real.tokens_per_step - 1)
+    assert by_tokens.is_loss_track and by_tokens.total_steps == 3
+    # A token track gets the budget as its token target.
+    tokens = toy_track()
+    assert compare.stop_rule(tokens, steps=7).total_steps == 7 and not compare.stop_rule(tokens, steps=7).is_loss_track
+    assert compare.stop_rule(tokens, tokens=8 * 64 * 3).total_steps == 3
+    assert compare.stop_rule(real) is real
     with pytest.raises(compare.CompareError, match="conflict"):
-        compare.stop_rule(loss, steps=1, tokens=1)
+        compare.stop_rule(real, steps=1, tokens=1)
+    with pytest.raises(compare.CompareError, match="must be >= 1"):
+        compare.stop_rule(real, tokens=0)
 
 
 # -- the real thing, on CPU ------------------------------------------------------------------------------------------

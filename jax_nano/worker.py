@@ -1,0 +1,148 @@
+"""One job in a fresh process: `python -m jax_nano.worker JOB.pkl` (used by the comparison and the benchmark).
+
+A run in its own process, so that
+- JAX's GPU memory pool and PyTorch's caching allocator never share one process (each would starve the other),
+  and peak device memory is per run, not the maximum over everything the process did before;
+- "cold" and "warm" Setup & Compilation Time mean what they say: `worker_env` points every job of one
+  invocation at the same fresh, empty compilation caches (JAX's persistent cache, TorchInductor's and
+  Triton's), so the first run of a program compiles from scratch and later runs start from the cache it
+  filled, as a second `speedrun.py` would.
+
+Jobs (`job["mode"]`):
+- "run": `speedrun` of `job["track"]`; returns its summary plus "backend" ("gpu" or "cpu": where the
+  framework really ran, whatever the device name says);
+- "trace": the same under `jax.profiler.trace(job["profile_dir"])`;
+- "profile": a few traced steps and their breakdown (jax_nano/profile.py).
+A job's `UserError` comes back as its one-line message (`WorkerError` in the parent).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from configs.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class WorkerError(UserError):
+    """A job that stopped on a user error; its one line, prefixed with what the job was."""
+
+
+def worker_env(work: Path, framework: str = "jax", *, cache: bool = True, extra: dict | None = None) -> dict:
+    """The environment of a job: this checkout importable, the invocation's compilation caches under `work`
+    (none with `cache=False`), and `extra` on top (a benchmark lever's variables)."""
+    env = dict(os.environ)
+    if framework == "torch":
+        # JAX is imported by the shared driver; on a GPU it must not take a memory pool beside PyTorch.
+        env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    caches = {"JAX_COMPILATION_CACHE_DIR": "xla", "TORCHINDUCTOR_CACHE_DIR": "inductor", "TRITON_CACHE_DIR": "triton"}
+    for var, sub in caches.items():
+        if cache:
+            env[var] = str(work / "cache" / sub)
+        else:
+            env.pop(var, None)
+    env.update(extra or {})
+    return env
+
+
+def launch(job: dict, work: Path, what: str, env: dict | None = None) -> dict:
+    """Run one job in a fresh process; its result dict. A job's user error raises `WorkerError`, a crash
+    `RuntimeError` (its output is above, on the terminal)."""
+    name = f"job-{time.monotonic_ns()}"
+    job_path, out_path = work / f"{name}.pkl", work / f"{name}.out.json"
+    job_path.write_bytes(pickle.dumps({**job, "out": str(out_path)}))
+    proc = subprocess.run([sys.executable, "-m", "jax_nano.worker", str(job_path)], env=env or worker_env(work))
+    result = json.loads(out_path.read_text()) if out_path.is_file() else None
+    if result is not None and "error" in result:
+        raise WorkerError(f"{what}: {result['error']}")
+    if proc.returncode != 0 or result is None:
+        raise RuntimeError(f"{what} failed with exit code {proc.returncode}; its output is above")
+    return result
+
+
+def export_initial_weights(track, path) -> None:
+    """JAX's initialisation of the track's model (its seed), as an upstream PyTorch state_dict at `path`.
+
+    Built on the host CPU, in float32 (each trainer casts to its precision policy), so that the accelerator's
+    memory and compilation cache see nothing of it before the timed run."""
+    import jax
+    from flax import nnx
+
+    from configs.model import get_model_config
+    from jax_nano.convert import jax_to_torch, save_torch
+    from jax_nano.model import GPT
+
+    cfg = get_model_config(track.model)
+    with jax.default_device(jax.devices("cpu")[0]):
+        state_dict = jax_to_torch(nnx.state(GPT(cfg, rngs=nnx.Rngs(track.seed)), nnx.Param), cfg)
+    save_torch(state_dict, path)
+
+
+def backend_of(framework: str) -> str:
+    """Where `framework` computes in this process: "gpu" or "cpu" (as the trainers choose their device)."""
+    if framework == "torch":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    import jax
+
+    return "gpu" if jax.default_backend() in ("gpu", "cuda", "rocm") else jax.default_backend()
+
+
+def run_job(job: dict) -> dict:
+    import jax
+
+    if job["mode"] == "profile":
+        from jax_nano.profile import profile_job
+
+        return profile_job(job)
+    from jax_nano.speedrun import speedrun
+
+    track = job["track"]
+    if job.get("export_init"):
+        export_initial_weights(track, job["init_from"])
+    kw = dict(results_dir=job["results_dir"], runs_dir=job["runs_dir"], init_from=job.get("init_from"),
+              show_bar=job["show_bar"], mesh=job.get("mesh"), save_final=False)
+    if job["mode"] == "trace":
+        with jax.profiler.trace(job["profile_dir"]):
+            result = speedrun(track, run_name="profile", **kw)
+    else:
+        result = speedrun(track, run_name=job["run_name"], **kw)
+    return {**result, "backend": backend_of(track.framework)}
+
+
+def main(job_path: str) -> int:
+    job = pickle.loads(Path(job_path).read_bytes())
+    out = Path(job["out"])
+    if job["mode"] == "profile":  # before JAX starts: XLA reads its flags once
+        from jax_nano.profile import dump_flags
+
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {dump_flags(job['dump_dir'])}".strip()
+    try:
+        import jax
+
+        if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+            jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+        result = run_job(job)
+    except UserError as e:
+        out.write_text(json.dumps({"error": str(e)}))
+        return 2
+    from jax_nano.report import write_json_atomic
+
+    write_json_atomic(out, result)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 2:
+        sys.exit(main(sys.argv[1]))
+    sys.exit("usage: python -m jax_nano.worker JOB.pkl (written by jax_nano.compare or jax_nano.bench)")
