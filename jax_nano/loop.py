@@ -59,8 +59,9 @@ def run(track: Track, trainer, loader, val_NBT, *, progress: Progress, log=None,
     """Train from `progress.next_step` until the track's stop rule (or `stop_after` steps this session).
 
     A trainer with `lag = 1` (JAX) has its step s loss read only after step s+1 is dispatched, so the host
-    never stalls the device; for loss tracks its step function is a no-op once the target was met, so the
-    weights, steps and tokens reported are those of the true first step under the target.
+    never stalls the device. When step s is the first under a loss track's target, step s+1 has already run:
+    the trainer's `rewind()` returns to the state before it, so the weights, steps and tokens reported are
+    those of the true first step under the target.
     """
     total = track.total_steps
     target = track.target_loss
@@ -122,6 +123,8 @@ def run(track: Track, trainer, loader, val_NBT, *, progress: Progress, log=None,
             ):
                 milestone(step)
         drain()
+        if progress.reached_step is not None and step > progress.reached_step + 1:
+            trainer.rewind()
         trainer.sync()
     finally:
         clock.pause()

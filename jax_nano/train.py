@@ -1,8 +1,16 @@
 """The JAX trainer: one jitted, ahead-of-time compiled `train_step(state, batch) -> (state, metrics)`.
 
-The Flax NNX model is split into a static graph and a parameter state (`nnx.split`) around `jax.jit`; the
-state is donated, so every step updates the weights in place. Compilation and the untimed warm-up happen in
-`setup()`, before the clock starts (jax_nano/loop.py).
+The Flax NNX model is split into a static graph and a parameter state (`nnx.split`) around `jax.jit`.
+Compilation and the untimed warm-up happen in `setup()`, before the clock starts (jax_nano/loop.py).
+
+On a token track the state is donated, so every step updates the weights in place. On a loss track it is not:
+the loop reads step s's loss only after step s+1 is dispatched (the host never waits for the device), so when
+step s was the first under the target, step s+1 has already run. The trainer keeps the input of the last
+dispatched step (the state after step s) alive and `rewind()` returns to it. The step itself is the same
+program on both tracks, with no conditional in it: a `lax.cond` on a "target met" flag made XLA's GPU runtime
+copy the predicate to the host and wait for it every step, and on CPU it copied the whole state after the
+conditional every step. The price is memory: one more train state (parameters and optimizer state) is alive
+while a step runs, since its outputs cannot reuse its inputs' buffers (PERFORMANCE.md gives the figure).
 
 With a mesh (jax_nano/sharding.py) the same step is compiled with `in_shardings`/`out_shardings`: the batch is
 split across every device, the state replicated (data parallel) or split along "fsdp" (ZeRO-3), and XLA adds
@@ -33,7 +41,6 @@ class TrainState(NamedTuple):
     params: nnx.State
     opt_state: optax.OptState
     step: jax.Array
-    done: jax.Array  # a loss track met its target: later steps leave the state as it is
 
 
 def model_config_for(track: Track, cfg: ModelConfig) -> ModelConfig:
@@ -46,23 +53,15 @@ def model_config_for(track: Track, cfg: ModelConfig) -> ModelConfig:
     return cfg.replace(compute_dtype="bfloat16", param_dtype="float32")
 
 
-def make_train_step(graphdef, tx, target_loss: float | None):
+def make_train_step(graphdef, tx):
     def loss_of(params, ids_BT):
         return loss_fn(nnx.merge(graphdef, params), ids_BT)
 
-    def update(state: TrainState, ids_BT):
+    def train_step(state: TrainState, ids_BT):
         loss, grads = jax.value_and_grad(loss_of)(state.params, ids_BT)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        done = state.done if target_loss is None else state.done | (loss <= target_loss)
-        return TrainState(params, opt_state, state.step + 1, done), {"loss": loss}
-
-    if target_loss is None:
-        return update
-
-    def train_step(state: TrainState, ids_BT):
-        # Lets the host read a loss one step late: the step dispatched after the target was met changes nothing.
-        return jax.lax.cond(state.done, lambda s, _: (s, {"loss": jnp.float32(jnp.nan)}), update, state, ids_BT)
+        return TrainState(params, opt_state, state.step + 1), {"loss": loss}
 
     return train_step
 
@@ -113,7 +112,7 @@ class JaxTrainer:
     # -- state ---------------------------------------------------------------------------------------------
 
     def _state_of(self, params) -> TrainState:
-        return TrainState(params, self.tx.init(params), jnp.zeros([], jnp.int32), jnp.zeros([], jnp.bool_))
+        return TrainState(params, self.tx.init(params), jnp.zeros([], jnp.int32))
 
     def _fresh_state(self) -> TrainState:
         return self._state_of(nnx.state(GPT(self.cfg, rngs=nnx.Rngs(self.seed)), nnx.Param))
@@ -142,28 +141,36 @@ class JaxTrainer:
         """Compile the train and eval steps ahead of time, run the untimed warm-up steps, then reset weights
         and optimizer. Returns the seconds spent (Setup & Compilation Time)."""
         t0 = time.perf_counter()
-        abstract = self.abstract_state()
-        batch_spec = jax.ShapeDtypeStruct((self.track.batch_size, self.track.seq_len), jnp.int32,
-                                          sharding=self.batch_sharding)
+        self._step = self.compile_step()
         sharded = {}
-        if self.mesh is not None:
-            sharded = {"in_shardings": (self.state_sharding, self.batch_sharding),
-                       "out_shardings": (self.state_sharding, self._replicated)}
-        self._step = jax.jit(make_train_step(self.graphdef, self.tx, self.track.target_loss), donate_argnums=0,
-                             **sharded).lower(abstract, batch_spec).compile()
         if self.mesh is not None:
             sharded = {"in_shardings": (self.state_sharding.params, self.batch_sharding),
                        "out_shardings": self._replicated}
-        self._eval = jax.jit(make_eval_step(self.graphdef), **sharded).lower(abstract.params, batch_spec).compile()
+        self._eval = jax.jit(make_eval_step(self.graphdef), **sharded).lower(
+            self.abstract_state().params, self._batch_spec()).compile()
         self.state = self.initial_state()
         for ids_BT in warmup_batches:
             self.state, _ = self._step(self.state, self._put(ids_BT))
         if val_NBT is not None:
             jax.block_until_ready(self._eval(self.state.params, self._put_global(val_NBT[0])))
         jax.block_until_ready(self.state)
-        self.state = self.initial_state()
+        self.state, self._before_last = self.initial_state(), None
         jax.block_until_ready(self.state)
         return time.perf_counter() - t0
+
+    def compile_step(self):
+        """The train step, compiled ahead of time; its state is donated on token tracks only (module docstring)."""
+        sharded = {}
+        if self.mesh is not None:
+            sharded = {"in_shardings": (self.state_sharding, self.batch_sharding),
+                       "out_shardings": (self.state_sharding, self._replicated)}
+        donate = () if self.track.is_loss_track else 0
+        return jax.jit(make_train_step(self.graphdef, self.tx), donate_argnums=donate, **sharded).lower(
+            self.abstract_state(), self._batch_spec()).compile()
+
+    def _batch_spec(self) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct((self.track.batch_size, self.track.seq_len), jnp.int32,
+                                    sharding=self.batch_sharding)
 
     def _put(self, ids_BT):
         """This process's rows of a global batch (its TrainLoader share) -> the global, sharded batch."""
@@ -183,8 +190,14 @@ class JaxTrainer:
     # -- the loop's interface ------------------------------------------------------------------------------
 
     def step(self, ids_BT):
+        # A donated state is gone once the step is dispatched; only a loss track keeps it (for rewind).
+        self._before_last = self.state if self.track.is_loss_track else None
         self.state, metrics = self._step(self.state, self._put(ids_BT))
         return metrics["loss"]
+
+    def rewind(self):
+        """Back to the state before the last dispatched step: the loop found the target met one step earlier."""
+        self.state, self._before_last = self._before_last, None
 
     def read(self, loss) -> float:
         return float(loss)

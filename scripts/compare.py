@@ -16,8 +16,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from configs.tracks import TRACKS  # noqa: E402
+from configs.tracks import FRAMEWORKS, TRACKS  # noqa: E402
 from jax_nano.cli import OVERRIDES, run_main, track_from_args  # noqa: E402
+from jax_nano.device import DEVICES, check_device  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -44,6 +45,9 @@ def parser() -> argparse.ArgumentParser:
                    help="the JAX runs' device mesh, as scripts/speedrun.py --mesh (PyTorch uses one device)")
     p.add_argument("--keep-work", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--no-bar", action="store_true", help="no progress bars")
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="auto (default): the NVIDIA GPU when there is one, and an error if JAX or PyTorch cannot\n"
+                        "use it; gpu: an error without one; cpu: both frameworks on the CPU on purpose")
     # What speedrun's track_from_args also reads; a comparison never resumes and always sets its own init.
     p.set_defaults(framework=None, resume=False, init_from=None)
     return p
@@ -63,6 +67,7 @@ def main(argv=None) -> int:
     track = track_from_args(args)
     throughput_only = args.steps is not None or tokens is not None
     track = compare.stop_rule(track, steps=args.steps, tokens=tokens)
+    check_device(args.device, FRAMEWORKS)  # the workers inherit what "cpu" sets in the environment
     result = compare.compare(track, repeats=args.repeats, results_dir=args.results_dir, output=args.output,
                              show_bar=not args.no_bar, profile_dir=args.profile, baseline=args.baseline,
                              throughput_only=throughput_only, keep_work=args.keep_work, mesh=args.mesh)

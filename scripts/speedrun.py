@@ -3,6 +3,7 @@
     python scripts/speedrun.py --track 4.5loss
     python scripts/speedrun.py --track 8M --framework torch --data processed_data/offline --record
     python scripts/speedrun.py --track 4.5loss --mesh data=2,fsdp=4          # 8 local devices
+    python scripts/speedrun.py --track smoke --device cpu                    # the CPU, even on a GPU machine
     python scripts/speedrun.py --track 4.5loss --coordinator host0:1234 --num-processes 2 --process-id 0
 """
 
@@ -16,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from configs.model import ConfigError  # noqa: E402
 from configs.tracks import TRACKS  # noqa: E402
 from jax_nano.cli import add_track_flags, run_main, track_from_args  # noqa: E402
+from jax_nano.device import DEVICES, check_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,6 +35,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--results-dir", default="results")
     p.add_argument("--runs-dir", default="runs")
     p.add_argument("--no-bar", action="store_true", help="no progress bar (logs still go to results/<run>.jsonl)")
+    p.add_argument("--device", default="auto", choices=DEVICES,
+                   help="auto (default): the NVIDIA GPU when there is one, and an error if the framework cannot\n"
+                        "use it; gpu: an error without one; cpu: the CPU on purpose")
     g = p.add_argument_group("more than one device (jax)")
     g.add_argument("--mesh", default=None, metavar="SPEC",
                    help="device mesh: data=N (data parallel), fsdp=M (parameters and optimizer state split,\n"
@@ -83,6 +88,7 @@ def main(argv=None) -> int:
     mesh = mesh_from_args(args)
     if mesh is not None and track.framework != "jax":
         raise ConfigError("--mesh and --fsdp apply to the jax framework only")
+    check_device(args.device, (track.framework,))
     init_distributed(args)
 
     import jax
