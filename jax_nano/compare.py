@@ -55,7 +55,7 @@ METRICS = {
 }
 
 
-def _fmt(value, kind: str) -> str:
+def fmt(value, kind: str) -> str:
     if value is None:
         return "n/a"
     if kind == "duration":
@@ -73,12 +73,12 @@ def _fmt(value, kind: str) -> str:
     return f"{value:,.0f}"
 
 
-def _fmt_stats(stats: dict | None, kind: str) -> str:
+def fmt_stats(stats: dict | None, kind: str) -> str:
     if stats is None:
         return "n/a"
-    text = _fmt(stats["median"], kind)
+    text = fmt(stats["median"], kind)
     if stats["n"] > 1:
-        text += f" [{_fmt(stats['min'], kind)} – {_fmt(stats['max'], kind)}]"
+        text += f" [{fmt(stats['min'], kind)} – {fmt(stats['max'], kind)}]"
         if kind == "duration":
             text += f" ±{stats['stdev']:.3f} s"
         elif kind == "percent":
@@ -236,7 +236,7 @@ def render_markdown(result: dict) -> str:
         if key not in fws["jax"]["metrics"] and key not in fws["torch"]["metrics"]:
             continue
         r = result["ratios"].get(key)
-        lines.append(f"| {label} | {_fmt_stats(j, kind)} | {_fmt_stats(t, kind)} | "
+        lines.append(f"| {label} | {fmt_stats(j, kind)} | {fmt_stats(t, kind)} | "
                      f"{'n/a' if r is None else f'{r:.3f}'} |")
     lines.append("")
     welch = result.get("welch_active_time")
@@ -257,9 +257,9 @@ def render_markdown(result: dict) -> str:
     for i, fw in enumerate(result["order"]):
         run = fws[fw]["runs"][counters[fw]]
         counters[fw] += 1
-        lines.append(f"| {i + 1} | {LABEL[fw]} | {_fmt(run['active_time_s'], 'duration')} | "
-                     f"{_fmt(run['tokens_per_s'], 'rate')} | {_fmt(run['setup_time_s'], 'duration')} | "
-                     f"{_fmt(run['train_loss'], 'loss')} | {_fmt(run['val_loss'], 'loss')} | {run['steps']:,} |")
+        lines.append(f"| {i + 1} | {LABEL[fw]} | {fmt(run['active_time_s'], 'duration')} | "
+                     f"{fmt(run['tokens_per_s'], 'rate')} | {fmt(run['setup_time_s'], 'duration')} | "
+                     f"{fmt(run['train_loss'], 'loss')} | {fmt(run['val_loss'], 'loss')} | {run['steps']:,} |")
     if result.get("files", {}).get("png"):
         lines += ["", f"![loss vs Active Training Time]({Path(result['files']['png']).name})"]
     return "\n".join(lines) + "\n"

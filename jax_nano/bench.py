@@ -1,0 +1,287 @@
+"""The benchmark suite (scripts/bench.py): everything one GPU run should measure, in one command.
+
+1. JAX and PyTorch, interleaved, `repeats` runs each, on the throughput step of each case in `CASES` (the 151M
+   4.5loss step with its target check on, the 88M 8M step);
+2. JAX levers one at a time against the default, on the first case: each lever in `LEVERS` is data (Track
+   overrides and environment variables of its worker), so the table is data, not code paths;
+3. with `profile_steps`, a JAX profile of a few steps of each case (jax_nano/profile.py).
+
+Every run is a fresh process (jax_nano/worker.py) doing `speedrun` of the real track, on random tokens (a token
+store written into the work folder: the GPU machine has no dataset), in throughput mode
+(`compare.stop_rule`: a fixed step budget, the loss track's target check kept). All runs of one invocation
+share fresh compilation caches: each program's first run is cold, a repeat of it warm.
+
+GPU time is scarce, so the bench keeps to a time budget: it prints its plan with an estimate per run, refines
+the estimates from the runs it has measured, skips (and reports as skipped) a run that would not fit, and
+rewrites the report after every run, so a run killed by the machine's time limit still leaves one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from configs.errors import UserError
+from configs.model import get_model_config
+from configs.tracks import FRAMEWORKS, Track, get_track
+from jax_nano.compare import LABEL, stop_rule
+from jax_nano.worker import WorkerError, launch, worker_env
+
+
+class BenchError(UserError):
+    """A benchmark that cannot run as asked; one line with the fix."""
+
+
+@dataclass(frozen=True)
+class Case:
+    """A head-to-head configuration: a track's real step."""
+
+    name: str
+    track: str
+
+
+@dataclass(frozen=True)
+class Lever:
+    """One JAX change against the default: Track field overrides and worker environment variables."""
+
+    name: str
+    about: str
+    track: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)
+    compile_factor: float = 1.0  # its setup time against the default's, for the time budget's estimates
+
+
+CASES = (Case("151M 4.5loss", "4.5loss"), Case("88M 8M", "8M"))
+
+LEVERS = (
+    Lever("attention-xla", "XLA's attention instead of the default (auto: cuDNN's fused kernel on a GPU in bf16)",
+          {"attention": "xla"}),
+    Lever("unrolled", "layers unrolled instead of scanned (one block compiled per layer)", {"unroll_layers": True},
+          compile_factor=2.0),
+    Lever("remat-dots", "activation checkpointing, matmul outputs saved", {"remat": "dots"}),
+    Lever("remat-full", "activation checkpointing, everything recomputed", {"remat": "full"}),
+    Lever("loss-chunk-2048", "cross-entropy over 2048 positions at a time", {"loss_chunk": 2048}),
+    Lever("xla-flags-off", "the project's default XLA flags off", env={"JAX_NANO_XLA_FLAGS": "0"}),
+)
+LEVER_NAMES = tuple(lever.name for lever in LEVERS)
+
+SMOKE_MODEL, SMOKE_SEQ_LEN = "tiny", 64
+
+# Seconds per run before anything is measured: (fresh process + imports, setup cold, setup warm, per step).
+# GPU: the expected H100 figures (torch.compile's cold start is the largest); smoke: this 2-core CPU.
+ESTIMATES = {
+    "gpu": {"start": 10.0, ("jax", True): 45.0, ("jax", False): 10.0, ("torch", True): 90.0,
+            ("torch", False): 30.0, "step": 0.12},
+    "smoke": {"start": 6.0, ("jax", True): 6.0, ("jax", False): 3.0, ("torch", True): 2.0,
+              ("torch", False): 2.0, "step": 0.05},
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    smoke: bool = False
+    steps: int = 30
+    warmup: int | None = None  # None: the track's own warm-up steps
+    repeats: int = 2
+    levers: tuple = LEVER_NAMES
+    lever_repeats: int = 1
+    profile_steps: int = 0
+    budget_s: float = 8 * 60.0
+
+    def check(self) -> None:
+        if self.repeats < 1 or (self.repeats < 2 and not self.smoke):
+            raise BenchError(f"--repeats {self.repeats}: must be >= 2 (1 is allowed only with --smoke)")
+        for flag, value, low in (("--steps", self.steps, 1), ("--lever-repeats", self.lever_repeats, 1),
+                                 ("--warmup", self.warmup, 0), ("--profile-steps", self.profile_steps, 0)):
+            if value is not None and value < low:
+                raise BenchError(f"{flag} {value}: must be >= {low}")
+        if self.budget_s <= 0:
+            raise BenchError(f"--budget-min {self.budget_s / 60:g}: must be > 0")
+        unknown = [name for name in self.levers if name not in LEVER_NAMES]
+        if unknown:
+            raise BenchError(f"unknown lever {unknown[0]!r}; choose from {', '.join(LEVER_NAMES)} (or 'none')")
+        fields = {f.name for f in dataclasses.fields(Track)}
+        for lever in self.lever_list():
+            missing = sorted(set(lever.track) - fields)
+            if missing:
+                raise BenchError(f"lever {lever.name!r} sets Track field {missing[0]!r}, which this checkout's "
+                                 f"configs/tracks.py does not have; leave it out with --levers")
+
+    def lever_list(self) -> list[Lever]:
+        return [lever for lever in LEVERS if lever.name in self.levers]
+
+
+def parse_levers(text: str) -> tuple:
+    """"--levers a,b" -> ("a", "b"); "all" -> every lever; "none" -> no lever."""
+    if text.strip() == "all":
+        return LEVER_NAMES
+    if text.strip() == "none":
+        return ()
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+# -- the runs ------------------------------------------------------------------------------------------------
+
+
+def case_track(case: Case, plan: Plan, store: str) -> Track:
+    """The case's track in throughput mode on the random store (the tiny model at a short length in smoke)."""
+    track = get_track(case.track)
+    if plan.smoke:
+        track = track.replace(model=SMOKE_MODEL, seq_len=SMOKE_SEQ_LEN)
+    track = stop_rule(track, steps=plan.steps)
+    warmup = track.warmup_steps if plan.warmup is None else plan.warmup
+    return track.replace(data=store, eval_batches=1, eval_every=0, checkpoint_every=0, warmup_steps=warmup,
+                         leaderboard=False)
+
+
+def write_random_store(path: Path, track: Track, plan: Plan) -> str:
+    """Uniform random tokens, enough for every run of the plan: the timed steps without repeating data, the
+    warm-up, and one validation batch."""
+    cfg = get_model_config(track.model)
+    batch = max(get_track(case.track).batch_size for case in CASES)
+    # The validation split is 10% of the rows (rounded up) and must hold one batch.
+    rows = -(-(plan.steps + 2) * batch * 10 // 9) + 10 * batch
+    from jax_nano import data
+
+    tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, rows * track.seq_len, dtype=np.uint16)
+    data.write_store(path, tokens, seq_len=track.seq_len, vocab_size=cfg.vocab_size, source="random tokens",
+                     tokenizer="none")
+    return str(path)
+
+
+@dataclass
+class Run:
+    kind: str  # "head-to-head", "lever" or "profile"
+    case: str
+    framework: str
+    track: Track
+    cold: bool
+    lever: str = "default"
+    env: dict = field(default_factory=dict)
+    repeat: int = 1
+    compile_factor: float = 1.0
+
+    @property
+    def label(self) -> str:
+        what = {"head-to-head": "", "lever": f" lever {self.lever}", "profile": " profile"}[self.kind]
+        return f"{self.case} {LABEL[self.framework]}{what}"
+
+
+def plan_runs(plan: Plan, store: str) -> list[Run]:
+    tracks = {case.name: case_track(case, plan, store) for case in CASES}
+    runs = []
+    for k in range(plan.repeats):
+        for case in CASES:
+            for fw in FRAMEWORKS:
+                runs.append(Run("head-to-head", case.name, fw, tracks[case.name].replace(framework=fw), cold=k == 0,
+                                repeat=k + 1))
+    base = CASES[0].name
+    for lever in plan.lever_list():
+        for k in range(plan.lever_repeats):
+            runs.append(Run("lever", base, "jax", tracks[base].replace(**lever.track), cold=k == 0, lever=lever.name,
+                            env=dict(lever.env), repeat=k + 1, compile_factor=lever.compile_factor))
+    if plan.profile_steps:
+        for case in CASES:
+            runs.append(Run("profile", case.name, "jax", tracks[case.name], cold=True))
+    return runs
+
+
+def estimate_s(run: Run, plan: Plan, measured: dict) -> float:
+    """A run's expected wall time: the measured time of the same program's like run if there is one (a lever's
+    cold run is like the default's cold run), else the planning estimates."""
+    factor = run.compile_factor
+    like = measured.get((run.case, run.framework, run.cold))
+    if like is not None:
+        return like * factor
+    est = ESTIMATES["smoke" if plan.smoke else "gpu"]
+    steps = run.track.warmup_steps + (plan.profile_steps if run.kind == "profile" else plan.steps)
+    return est["start"] + est[(run.framework, run.cold)] * factor + steps * est["step"]
+
+
+def describe_plan(runs: list[Run], plan: Plan) -> str:
+    measured = {}
+    total = sum(estimate_s(run, plan, measured) for run in runs)
+    lines = [f"[bench] plan: {len(runs)} runs, each a fresh process; {plan.steps} timed steps per run after "
+             f"{runs[0].track.warmup_steps} warm-up steps; {plan.repeats} runs per framework and case, interleaved; "
+             f"{len(plan.lever_list())} levers x {plan.lever_repeats}"
+             + (f"; profiles of {plan.profile_steps} steps" if plan.profile_steps else "")]
+    for i, run in enumerate(runs, 1):
+        lines.append(f"[bench]   {i:2d}. {run.label} ({'cold' if run.cold else 'warm'} cache): "
+                     f"~{estimate_s(run, plan, measured):.0f} s")
+    verdict = "fits" if total <= plan.budget_s else "EXCEEDS"
+    lines.append(f"[bench] estimated {total / 60:.1f} min, {verdict} the budget of {plan.budget_s / 60:g} min "
+                 "(a run that would not fit is skipped and reported as such)")
+    return "\n".join(lines)
+
+
+def run_one(run: Run, plan: Plan, work: Path, show_bar: bool) -> dict:
+    if run.kind == "profile":
+        job = {"mode": "profile", "track": run.track, "steps": plan.profile_steps,
+               "trace_dir": str(work / f"trace-{time.monotonic_ns()}"), "dump_dir": str(work / "hlo")}
+        shutil.rmtree(work / "hlo", ignore_errors=True)
+        # No compilation cache: a cached program is not compiled, so XLA would dump no HLO for it.
+        return launch(job, work, run.label, env=worker_env(work, cache=False, extra=run.env))
+    job = {"mode": "run", "track": run.track, "run_name": f"bench-{time.monotonic_ns()}",
+           "results_dir": str(work / "results"), "runs_dir": str(work / "runs"), "show_bar": show_bar}
+    return launch(job, work, run.label, env=worker_env(work, run.framework, extra=run.env))
+
+
+def check_backend(record: dict, device: str) -> None:
+    """A GPU bench whose run fell back to the CPU (or the reverse) must not be reported under the wrong name."""
+    backend = record.get("backend")
+    expected = "cpu" if device == "cpu" else "gpu"
+    if backend is not None and backend != expected:
+        raise BenchError(f"{record['label']} ran on the {backend.upper()} although the bench was asked for the "
+                         f"{expected.upper()}; nothing is reported under a device it did not run on")
+
+
+def bench(plan: Plan, *, device: str = "gpu", results_dir="results", output=None, show_bar: bool = True,
+          keep_work: bool = False, log=print) -> dict:
+    """Run the suite, writing the report after every run; returns the report dict (with "files")."""
+    from jax_nano import bench_report
+
+    plan.check()
+    work = Path(tempfile.mkdtemp(prefix="jax-nano-bench-"))
+    try:
+        first = case_track(CASES[0], plan, "")
+        store = write_random_store(work / "store", first, plan)
+        runs = plan_runs(plan, store)
+        log(describe_plan(runs, plan))
+        records, measured, t0 = [], {}, time.monotonic()
+        result = None
+        for i, run in enumerate(runs, 1):
+            record = {"label": run.label, "kind": run.kind, "case": run.case, "framework": run.framework,
+                      "lever": run.lever, "cold": run.cold, "repeat": run.repeat}
+            est = estimate_s(run, plan, measured)
+            elapsed = time.monotonic() - t0
+            if elapsed + est > plan.budget_s:
+                record["skipped"] = (f"time budget: ~{est:.0f} s more would pass {plan.budget_s / 60:g} min "
+                                     f"({elapsed:.0f} s used)")
+                log(f"[bench] {i}/{len(runs)}: {run.label}: skipped ({record['skipped']})")
+            else:
+                log(f"[bench] {i}/{len(runs)}: {run.label} ({'cold' if run.cold else 'warm'} cache, ~{est:.0f} s)")
+                start = time.monotonic()
+                try:
+                    record["result"] = run_one(run, plan, work, show_bar)
+                    record["backend"] = record["result"].get("backend")
+                except (WorkerError, RuntimeError) as e:
+                    record["error"] = str(e).splitlines()[0]
+                    log(f"[bench]   failed: {record['error']}")
+                record["wall_s"] = time.monotonic() - start
+                if run.kind != "profile" and "error" not in record and run.lever == "default":
+                    measured.setdefault((run.case, run.framework, run.cold), record["wall_s"])
+                check_backend(record, device)
+            records.append(record)
+            result = bench_report.assemble(records, plan, device=device, elapsed_s=time.monotonic() - t0)
+            stem = Path(output) if output else Path(results_dir) / f"bench-{result['device_slug']}"
+            bench_report.write(result, stem)
+        return result
+    finally:
+        if not keep_work:
+            shutil.rmtree(work, ignore_errors=True)

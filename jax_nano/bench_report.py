@@ -1,0 +1,250 @@
+"""The benchmark's report (jax_nano/bench.py): its figures from the runs' summaries, as Markdown, JSON and PNG.
+
+Every figure is named with the device the runs themselves report (the JAX runs' device name; a CPU is
+"N-core CPU"), never with what the bench was asked for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+from pathlib import Path
+
+from configs.tracks import FRAMEWORKS
+from jax_nano.compare import LABEL, device_slug, fmt, fmt_stats
+from jax_nano.stats import ratio, spread
+
+CATEGORY_LABELS = {"matmul": "matmuls", "attention": "attention", "muon": "Muon (Polar Express)", "rest": "the rest",
+                   "gaps": "gaps"}
+
+
+def device_label(records: list[dict], device: str) -> str:
+    for record in records:
+        result = record.get("result")
+        if result and result.get("device"):
+            if result.get("backend") == "cpu":
+                name = result["device"]
+                return f"{os.cpu_count()}-core CPU" + (f" ({name})" if name not in ("", "CPU") else "")
+            return result["device"]
+    return f"{device.upper()} (no run finished)"
+
+
+def _status(records: list[dict]) -> str:
+    if any("result" in r for r in records):
+        failed = sum("error" in r for r in records)
+        return "ok" if not failed else f"ok ({failed} run(s) failed)"
+    if not records:
+        return "not run"
+    last = records[-1]
+    return f"failed: {last['error']}" if "error" in last else f"skipped: {last.get('skipped', 'not run')}"
+
+
+def _metrics(records: list[dict]) -> dict:
+    done = [r for r in records if "result" in r]
+    res = [r["result"] for r in done]
+    return {
+        "tokens_per_s": spread(s["tokens_per_s"] for s in res),
+        "mfu": spread(s.get("mfu") for s in res),
+        "peak_memory_bytes": spread(s.get("peak_memory_bytes") for s in res),
+        "setup_cold_s": spread(r["result"]["setup_time_s"] for r in done if r["cold"]),
+        "setup_warm_s": spread(r["result"]["setup_time_s"] for r in done if not r["cold"]),
+    }
+
+
+def _median(stats: dict | None):
+    return stats["median"] if stats else None
+
+
+def assemble(records: list[dict], plan, *, device: str, elapsed_s: float) -> dict:
+    from jax_nano.bench import CASES
+    from jax_nano.speedrun import git_commit
+
+    label = device_label(records, device)
+    cases = []
+    for case in CASES:
+        runs = {fw: [r for r in records if r["kind"] == "head-to-head" and r["case"] == case.name
+                     and r["framework"] == fw] for fw in FRAMEWORKS}
+        frameworks = {}
+        for fw in FRAMEWORKS:
+            done = [r["result"] for r in runs[fw] if "result" in r]
+            frameworks[fw] = {"label": LABEL[fw], "n_runs": len(done), "status": _status(runs[fw]),
+                              "device": done[0].get("device") if done else None,
+                              "versions": done[0].get("versions") if done else None, "metrics": _metrics(runs[fw])}
+        pairs = {}
+        for fw in FRAMEWORKS:
+            for r in runs[fw]:
+                if "result" in r:
+                    pairs.setdefault(r["repeat"], {})[fw] = r["result"]["tokens_per_s"]
+        paired = [p["jax"] / p["torch"] for p in pairs.values() if len(p) == 2 and p["torch"]]
+        any_result = next((r["result"] for fw in FRAMEWORKS for r in runs[fw] if "result" in r), None)
+        config = (any_result or {}).get("track_config") or {}
+        cases.append({
+            "case": case.name, "track": case.track,
+            "config": {k: config.get(k) for k in ("model", "batch_size", "seq_len", "precision", "target_loss",
+                                                   "target_tokens", "max_steps")},
+            "frameworks": frameworks,
+            "ratio_tokens_per_s": ratio(*(_median(frameworks[fw]["metrics"]["tokens_per_s"]) for fw in FRAMEWORKS)),
+            "ratio_paired": spread(paired),
+        })
+    base = [r for r in records if r["kind"] == "head-to-head" and r["case"] == CASES[0].name
+            and r["framework"] == "jax"]
+    default = _metrics(base)
+    levers = [{"lever": "default", "about": "the track as it runs (attention auto, layers scanned, remat none, "
+               "no loss chunk, the default XLA flags)", "track": {}, "env": {}, "metrics": default,
+               "vs_default": 1.0 if default["tokens_per_s"] else None, "status": _status(base)}]
+    for lever in plan.lever_list():
+        mine = [r for r in records if r["kind"] == "lever" and r["lever"] == lever.name]
+        metrics = _metrics(mine)
+        levers.append({"lever": lever.name, "about": lever.about, "track": lever.track, "env": lever.env,
+                       "metrics": metrics, "status": _status(mine),
+                       "vs_default": ratio(_median(metrics["tokens_per_s"]), _median(default["tokens_per_s"]))})
+    profiles = []
+    for case in CASES if plan.profile_steps else ():
+        mine = [r for r in records if r["kind"] == "profile" and r["case"] == case.name]
+        profiles.append({"case": case.name, "status": _status(mine),
+                         "breakdown": next((r["result"] for r in mine if "result" in r), None)})
+    return {
+        "device": label, "device_slug": device_slug(label), "asked_device": device, "smoke": plan.smoke,
+        "commit": git_commit(), "date": datetime.date.today().isoformat(), "elapsed_s": elapsed_s,
+        "plan": dataclasses.asdict(plan), "cases": cases, "levers": levers, "profiles": profiles,
+        "notes": notes_for(records, plan),
+        "runs": [{k: r.get(k) for k in ("label", "kind", "case", "framework", "lever", "cold", "repeat", "wall_s",
+                                        "backend", "error", "skipped")}
+                 | {k: (r.get("result") or {}).get(k) for k in ("device", "tokens_per_s", "setup_time_s", "steps",
+                                                                 "reached_target", "peak_memory_bytes", "mfu",
+                                                                 "compiles_during_run")}
+                 for r in records],
+    }
+
+
+def notes_for(records: list[dict], plan) -> list[str]:
+    notes = ["Random tokens (no dataset on the machine): these are throughput figures; the losses mean nothing.",
+             "The 4.5loss step keeps its per-step target check, with a target no run reaches (-inf), for the "
+             "steps asked (`compare.stop_rule`).",
+             "Setup & Compilation Time: the runs of this invocation share fresh, empty compilation caches: a "
+             "program's first run is cold, its repeats warm."]
+    if os.environ.get("XLA_FLAGS") or os.environ.get("JAX_NANO_XLA_FLAGS") == "0":
+        notes.append("XLA_FLAGS or JAX_NANO_XLA_FLAGS=0 was set when the bench started: the default runs did not "
+                     "use the project's default XLA flags, so the xla-flags-off lever changes nothing.")
+    done = [r["result"] for r in records if "result" in r and r["kind"] != "profile"]
+    if any(s.get("mfu") is None for s in done):
+        notes.append("MFU is n/a where the device has no peak bf16 figure (CPUs; SPEC section 5).")
+    if any(s.get("backend") == "cpu" and s.get("framework") == "torch" for s in done):
+        notes.append("PyTorch on the CPU runs eagerly (torch.compile is used only on CUDA) and reports no peak "
+                     "memory.")
+    if any(s.get("compiles_during_run") for s in done):
+        notes.append("WARNING: a run compiled during its timed loop (compiles_during_run > 0).")
+    return notes
+
+
+def _config_text(config: dict) -> str:
+    check = "target check on" if config.get("target_loss") is not None else "no target"
+    return (f"`{config.get('model')}`, {config.get('batch_size')} x {config.get('seq_len')}, "
+            f"`{config.get('precision')}`, {check}")
+
+
+def render_markdown(result: dict) -> str:
+    plan = result["plan"]
+    lines = [f"# Benchmark on {result['device']}", "",
+             f"- device: **{result['device']}** (every figure below was measured on it, in this invocation); "
+             f"commit `{result['commit']}`; date {result['date']}",
+             f"- {plan['steps']} timed steps per run after the warm-up; {plan['repeats']} run(s) per framework and "
+             f"case, interleaved; every run a fresh process; {result['elapsed_s']:.0f} s in all"
+             + (" (smoke: the tiny model)" if result["smoke"] else "")]
+    versions = {k: v for fw in FRAMEWORKS for k, v in (result["cases"][0]["frameworks"][fw]["versions"] or {}).items()}
+    if versions:
+        lines.append("- versions: " + "; ".join(f"{k} {v}" for k, v in versions.items()))
+    lines += [f"- {note}" for note in result["notes"]]
+    lines += ["", "## JAX vs PyTorch", "",
+              "Median [min – max] ±stdev over the runs; the ratio is JAX / PyTorch tokens/s (medians; in brackets "
+              "the range of the ratios of paired runs).", "",
+              "| case | framework | tokens/s | MFU | peak device memory | setup, cold | setup, warm | status |",
+              "|---|---|---|---|---|---|---|---|"]
+    for case in result["cases"]:
+        for fw in FRAMEWORKS:
+            f = case["frameworks"][fw]
+            m = f["metrics"]
+            lines.append(f"| {case['case']} ({_config_text(case['config'])}) | {LABEL[fw]} | "
+                         f"{fmt_stats(m['tokens_per_s'], 'rate')} | {fmt_stats(m['mfu'], 'percent')} | "
+                         f"{fmt_stats(m['peak_memory_bytes'], 'bytes')} | {fmt_stats(m['setup_cold_s'], 'duration')}"
+                         f" | {fmt_stats(m['setup_warm_s'], 'duration')} | {f['status']} |")
+    lines += ["", "| case | JAX / PyTorch tokens/s |", "|---|---|"]
+    for case in result["cases"]:
+        r, paired = case["ratio_tokens_per_s"], case["ratio_paired"]
+        text = "n/a" if r is None else f"{r:.3f}"
+        if paired and paired["n"] > 1:
+            text += f" [{paired['min']:.3f} – {paired['max']:.3f}]"
+        lines.append(f"| {case['case']} | {text} |")
+    lines += ["", f"## JAX levers, one at a time ({result['cases'][0]['case']})", "",
+              "| lever | what changes | tokens/s | vs default | MFU | peak device memory | setup, cold | status |",
+              "|---|---|---|---|---|---|---|---|"]
+    for row in result["levers"]:
+        m = row["metrics"]
+        vs = "n/a" if row["vs_default"] is None else f"{row['vs_default']:.3f}"
+        lines.append(f"| {row['lever']} | {row['about']} | {fmt_stats(m['tokens_per_s'], 'rate')} | {vs} | "
+                     f"{fmt_stats(m['mfu'], 'percent')} | {fmt_stats(m['peak_memory_bytes'], 'bytes')} | "
+                     f"{fmt_stats(m['setup_cold_s'], 'duration')} | {row['status']} |")
+    if result["profiles"]:
+        lines += ["", "## Where the JAX step's device time goes (profile; rules in jax_nano/profile.py)", "",
+                  "| case | step time | " + " | ".join(CATEGORY_LABELS.values()) + " | status |",
+                  "|---|---|" + "---|" * len(CATEGORY_LABELS) + "---|"]
+        for prof in result["profiles"]:
+            b = prof["breakdown"]
+            cells = ([f"{b['step_time_s'] * 1e3:.1f} ms"] + [f"{b['shares'][k]:.1%}" for k in CATEGORY_LABELS]
+                     if b else ["n/a"] * (1 + len(CATEGORY_LABELS)))
+            lines.append(f"| {prof['case']} | " + " | ".join(cells) + f" | {prof['status']} |")
+    lines += ["", "## Runs", "", "| # | run | cache | wall | tokens/s | setup | status |",
+              "|---|---|---|---|---|---|---|"]
+    for i, run in enumerate(result["runs"], 1):
+        status = (f"failed: {run['error']}" if run.get("error") else f"skipped: {run['skipped']}"
+                  if run.get("skipped") else "ok")
+        lines.append(f"| {i} | {run['label']} | {'cold' if run['cold'] else 'warm'} | "
+                     f"{fmt(run.get('wall_s'), 'duration')} | {fmt(run.get('tokens_per_s'), 'rate')} | "
+                     f"{fmt(run.get('setup_time_s'), 'duration')} | {status} |")
+    if result.get("files", {}).get("png"):
+        lines += ["", f"![tokens/s per configuration]({Path(result['files']['png']).name})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path) -> None:
+    """Tokens/s: JAX vs PyTorch per case, and each lever against the default."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    width = 0.38
+    for k, fw in enumerate(FRAMEWORKS):
+        values = [_median(c["frameworks"][fw]["metrics"]["tokens_per_s"]) or 0.0 for c in result["cases"]]
+        left.bar([i + (k - 0.5) * width for i in range(len(values))], values, width, label=LABEL[fw])
+    left.set_xticks(range(len(result["cases"])), [c["case"] for c in result["cases"]])
+    left.set_ylabel("tokens/s (median)")
+    left.set_title("JAX vs PyTorch")
+    left.legend()
+    rows = result["levers"]
+    right.barh(range(len(rows)), [_median(r["metrics"]["tokens_per_s"]) or 0.0 for r in rows], color="tab:blue")
+    right.set_yticks(range(len(rows)), [r["lever"] for r in rows])
+    right.invert_yaxis()
+    right.set_xlabel("JAX tokens/s (median)")
+    right.set_title(f"levers, {result['cases'][0]['case']}")
+    fig.suptitle(f"Benchmark on {result['device']}")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)
+
+
+def write(result: dict, stem) -> dict:
+    """`stem`.md, .json and .png (written atomically; `stem` may hold dots of its own)."""
+    from jax_nano import report
+
+    files = {kind: f"{stem}.{kind}" for kind in ("md", "json", "png")}
+    result["files"] = files
+    Path(files["png"]).parent.mkdir(parents=True, exist_ok=True)
+    plot(result, files["png"])
+    report.write_json_atomic(files["json"], result)
+    report.write_text_atomic(files["md"], render_markdown(result))
+    return files
