@@ -7,6 +7,11 @@ from configs.errors import UserError
 
 MLP_KINDS = ("swiglu", "relu2")
 DTYPES = ("float32", "bfloat16")
+# What the backward pass of each block keeps (jax_nano/model.py REMAT_POLICIES): "none" recomputes no matmul,
+# "dots" recomputes the attention, "full" recomputes the whole block from its input.
+REMAT_POLICIES = ("none", "dots", "full")
+# "auto": cuDNN's fused kernel on a GPU in half precision, XLA's otherwise.
+ATTENTION_KINDS = ("auto", "cudnn", "xla")
 
 
 class ConfigError(UserError, ValueError):
@@ -33,6 +38,10 @@ class ModelConfig:
     # Cross-entropy over this many positions at a time (0: all at once). Chunks are recomputed in the backward
     # pass, so no (B, T, vocab) float32 logits tensor is ever held: a memory lever, not a change of the function.
     loss_chunk: int = 0
+    remat: str = "none"
+    # A Python loop over the stacked block weights instead of a scan: longer compiles, fusion across layers.
+    unroll_layers: bool = False
+    attention: str = "auto"
 
     def __post_init__(self):
         for field in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "max_seq_len"):
@@ -55,6 +64,8 @@ class ModelConfig:
         for field in ("compute_dtype", "param_dtype"):
             if getattr(self, field) not in DTYPES:
                 raise ConfigError(f"unknown {field} {getattr(self, field)!r}; choose one of {', '.join(DTYPES)}")
+        check_remat(self.remat)
+        check_attention(self.attention, self.compute_dtype == "float32")
 
     @property
     def head_dim(self) -> int:
@@ -66,6 +77,19 @@ class ModelConfig:
 
     def replace(self, **changes) -> "ModelConfig":
         return dataclasses.replace(self, **changes)
+
+
+def check_remat(remat: str) -> None:
+    if remat not in REMAT_POLICIES:
+        raise ConfigError(f"unknown remat policy {remat!r}; choose one of {', '.join(REMAT_POLICIES)}")
+
+
+def check_attention(attention: str, float32: bool) -> None:
+    if attention not in ATTENTION_KINDS:
+        raise ConfigError(f"unknown attention {attention!r}; choose one of {', '.join(ATTENTION_KINDS)}")
+    if attention == "cudnn" and float32:
+        raise ConfigError("attention 'cudnn' needs bf16 compute (cuDNN's fused kernel has no float32 path); "
+                          "use a bf16 precision or attention auto/xla")
 
 
 PRESETS = {

@@ -3,7 +3,7 @@
 import dataclasses
 from dataclasses import dataclass
 
-from configs.model import ConfigError
+from configs.model import ConfigError, check_attention, check_remat
 from configs.optim import OptimConfig
 
 # Precision policies. "bf16-compute": float32 parameters and optimizer state, bf16 matmuls (the loss-track
@@ -38,6 +38,10 @@ class Track:
     framework: str = "jax"
     loss_chunk: int = 0  # JAX: cross-entropy over this many positions at a time (configs/model.py)
     leaderboard: bool = True  # False: a track whose rows never enter LEADERBOARD.md (smoke)
+    # JAX model levers (configs/model.py): activation checkpointing, layers unrolled, attention kernel.
+    remat: str = "none"
+    unroll_layers: bool = False
+    attention: str = "auto"
 
     def __post_init__(self):
         if (self.target_loss is None) == (self.target_tokens is None):
@@ -50,6 +54,8 @@ class Track:
             raise ConfigError(f"unknown framework {self.framework!r}; choose one of {', '.join(FRAMEWORKS)}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"max_steps={self.max_steps} must be positive")
+        check_remat(self.remat)
+        check_attention(self.attention, self.precision == "float32")
 
     @property
     def tokens_per_step(self) -> int:

@@ -4,7 +4,7 @@ import argparse
 import sys
 
 from configs.errors import UserError
-from configs.model import PRESETS, ConfigError
+from configs.model import ATTENTION_KINDS, PRESETS, REMAT_POLICIES, ConfigError
 from configs.optim import ORTHO_DTYPES, ORTHOGONALIZERS, SCHEDULES
 from configs.tracks import FRAMEWORKS, PRECISIONS, Track, get_track
 
@@ -37,6 +37,9 @@ OVERRIDES = {
     "eval_batches": ("eval_batches", int, "fixed validation batches per evaluation"),
     "warmup_steps": ("warmup_steps", int, "untimed warm-up steps before the clock starts"),
     "loss_chunk": ("loss_chunk", int, "JAX: cross-entropy over N positions at a time, no full logits (0: off)"),
+    "remat": ("remat", str, f"JAX: what each block recomputes in the backward pass: {', '.join(REMAT_POLICIES)}"),
+    "unroll_layers": ("unroll_layers", bool, "JAX: a Python loop over the layers instead of a scan (longer compile)"),
+    "attention": ("attention", str, f"JAX attention kernel: {', '.join(ATTENTION_KINDS)} (auto: cudnn on a GPU in bf16)"),
     "checkpoint_every": ("checkpoint_every", int, "steps between checkpoints (0: only at the end)"),
     "keep_checkpoints": ("keep_checkpoints", int, "checkpoints kept on disk"),
     "muon_lr": ("optim.muon_lr", float, "Muon learning rate"),
@@ -51,11 +54,19 @@ OVERRIDES = {
 }
 
 
+def add_flag(parser, flag: str, kind, text: str) -> None:
+    """One override flag (default None: the track's own value); a bool field is a switch, e.g. --unroll-layers."""
+    if kind is bool:
+        parser.add_argument("--" + flag.replace("_", "-"), action="store_true", default=None, help=text)
+    else:
+        parser.add_argument("--" + flag.replace("_", "-"), type=kind, default=None, help=text)
+
+
 def add_track_flags(parser: argparse.ArgumentParser, skip=()) -> None:
-    """One flag per overridable track field (default None: the track's own value)."""
+    """One flag per overridable track field."""
     for flag, (_, kind, text) in OVERRIDES.items():
         if flag not in skip:
-            parser.add_argument("--" + flag.replace("_", "-"), type=kind, default=None, help=text)
+            add_flag(parser, flag, kind, text)
 
 
 def track_from_args(args) -> Track:

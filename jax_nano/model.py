@@ -1,35 +1,100 @@
 """The Blueberry-Nano decoder in Flax NNX (SPEC section 1).
 
 Blocks are created with `nnx.vmap` so every block parameter carries a leading layer axis, and run with
-`nnx.scan`, so the compiled program holds one block whatever the depth. Parameter names mirror the
-upstream PyTorch model (`torch_ref/model.py`) so conversion is a rename plus a transpose.
+`jax.lax.scan` over those stacked weights, so the compiled program holds one block whatever the depth (or, with
+`unroll_layers`, a Python loop over the same stacked weights). Parameter names mirror the upstream PyTorch model
+(`torch_ref/model.py`) so conversion is a rename plus a transpose.
+
+Activation memory: each block runs under `jax.checkpoint` with the policy `cfg.remat` names (REMAT_POLICIES).
+Even the default keeps only matmul outputs for the backward pass; the cheap elementwise work between them (norms,
+casts, RoPE, SwiGLU, residual adds) is recomputed instead of kept, often in float32. `scripts/memory.py` prints
+what is kept.
 """
 
+import contextlib
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from configs.model import ModelConfig
+from configs.model import ConfigError, ModelConfig
 
 # What PyTorch's RMSNorm uses when no eps is given: float32 machine epsilon.
 RMS_EPS = float(jnp.finfo(jnp.float32).eps)
+
+# The fused cuDNN attention's forward primitive: its outputs (the attention output and the softmax statistics)
+# are what its backward kernel needs, so keeping them means the forward kernel never runs twice.
+_FUSED_ATTENTION = frozenset({"dot_product_attention_fwd_wrapper", "dot_product_attention_fwd"})
+
+
+def _matmul_outputs(prim, *_, **__) -> bool:
+    return prim is jax.lax.dot_general_p or prim.name in _FUSED_ATTENTION
+
+
+# What a block keeps for its backward pass (the rest is recomputed from it):
+#   none: every matmul's output (attention included): only elementwise work is recomputed, no matmul FLOPs added;
+#   dots: the outputs of the projection matmuls, which have no batch dimensions: the attention is recomputed,
+#         and XLA's attention keeps none of its T x T scores;
+#   full: nothing but the block's input: the whole block is recomputed (about one more forward pass).
+REMAT_POLICIES = {
+    "none": _matmul_outputs,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "full": jax.checkpoint_policies.nothing_saveable,
+}
 
 
 def _dtype(name: str):
     return jnp.dtype(name)
 
 
+def matmul_precision(compute_dtype: str):
+    """float32 means float32 on a GPU too: NVIDIA GPUs would otherwise run float32 matmuls in TF32 (PyTorch does
+    not). The precision is fixed when a dot is traced, so this context must surround tracing (and lowering)."""
+    return jax.default_matmul_precision("highest") if compute_dtype == "float32" else contextlib.nullcontext()
+
+
+def _rms_stats(x):
+    # Statistics in float32 whatever the compute dtype, as PyTorch does for float32 inputs.
+    x32 = x.astype(jnp.float32)
+    return x32, jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + RMS_EPS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def rms_norm(x, scale, dtype):
+    """x / rms(x) * scale over the last axis, returned in `dtype`. The backward pass keeps only x (in its own
+    dtype) and the per-row 1/rms, and recomputes the rest."""
+    x32, inv_rms = _rms_stats(x)
+    return (x32 * inv_rms * scale.astype(jnp.float32)).astype(dtype)
+
+
+def _rms_norm_fwd(x, scale, dtype):
+    x32, inv_rms = _rms_stats(x)
+    return (x32 * inv_rms * scale.astype(jnp.float32)).astype(dtype), (x, inv_rms, scale)
+
+
+def _rms_norm_bwd(dtype, residuals, dy):
+    x, inv_rms, scale = residuals
+    x_hat = x.astype(jnp.float32) * inv_rms
+    dy32 = dy.astype(jnp.float32)
+    d_scale = jnp.sum(dy32 * x_hat, axis=tuple(range(x.ndim - 1)))
+    g = dy32 * scale.astype(jnp.float32)
+    dx = inv_rms * (g - x_hat * jnp.mean(g * x_hat, axis=-1, keepdims=True))
+    return dx.astype(x.dtype), d_scale.astype(scale.dtype)
+
+
+rms_norm.defvjp(_rms_norm_fwd, _rms_norm_bwd)
+
+
 class RMSNorm(nnx.Module):
     def __init__(self, dim: int, cfg: ModelConfig):
         self.scale = nnx.Param(jnp.ones((dim,), _dtype(cfg.param_dtype)))
 
-    def __call__(self, x):
-        # Statistics in float32 whatever the compute dtype, as PyTorch does for float32 inputs.
-        x32 = x.astype(jnp.float32)
-        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + RMS_EPS)
-        return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+    def __call__(self, x, dtype=None):
+        """`dtype` (default x's): a block casts its norm's output to the compute dtype once, for every matmul
+        that reads it."""
+        return rms_norm(x, self.scale[...], _dtype(dtype or x.dtype))
 
 
 def _linear(d_in: int, d_out: int, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Linear:
@@ -55,6 +120,19 @@ def apply_rope(x_BTNH, cos_TP, sin_TP):
     return out.reshape(x_BTNH.shape).astype(x_BTNH.dtype)
 
 
+def attention_kernel(cfg: ModelConfig) -> str:
+    """cuDNN's fused kernel wants half precision on a GPU; XLA's path covers float32 and the CPU."""
+    if cfg.attention != "auto":
+        return cfg.attention
+    return "cudnn" if jax.default_backend() == "gpu" and cfg.compute_dtype != "float32" else "xla"
+
+
+def check_attention_backend(cfg: ModelConfig) -> None:
+    if cfg.attention == "cudnn" and jax.default_backend() != "gpu":
+        raise ConfigError(f"attention 'cudnn' needs an NVIDIA GPU, but JAX runs on {jax.default_backend()}; "
+                          "use attention auto or xla")
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -75,7 +153,6 @@ class Attention(nnx.Module):
         cfg = self.cfg
         if not cfg.fused_qkvo:
             return self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD), self.w_o
-        x_BTD = x_BTD.astype(cfg.compute_dtype)
         w_DE = self.qkvo_proj[...].astype(cfg.compute_dtype)
         qkv = x_BTD @ w_DE[:, : cfg.d_model + 2 * cfg.kv_dim]
         q, k, v = jnp.split(qkv, [cfg.d_model, cfg.d_model + cfg.kv_dim], axis=-1)
@@ -89,11 +166,9 @@ class Attention(nnx.Module):
         q_BTNH = apply_rope(self.q_norm(q.reshape(B, T, cfg.n_heads, cfg.head_dim)), cos_TP, sin_TP)
         k_BTKH = apply_rope(self.k_norm(k.reshape(B, T, cfg.n_kv_heads, cfg.head_dim)), cos_TP, sin_TP)
         v_BTKH = v.reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
-        # cuDNN's fused kernel wants half precision on a GPU; XLA's path covers float32 and the CPU.
-        use_cudnn = jax.default_backend() == "gpu" and q_BTNH.dtype in (jnp.bfloat16, jnp.float16)
         a_BTNH = jax.nn.dot_product_attention(
             q_BTNH, k_BTKH, v_BTKH, scale=1.0 / math.sqrt(cfg.head_dim), is_causal=True,
-            implementation="cudnn" if use_cudnn else "xla",
+            implementation=attention_kernel(cfg),
         )
         return out_proj(a_BTNH.reshape(B, T, cfg.d_model))
 
@@ -122,12 +197,25 @@ class Block(nnx.Module):
         self.norm2 = RMSNorm(cfg.d_model, cfg)
 
     def __call__(self, x_BTD, cos_TP, sin_TP):
-        x_BTD = x_BTD + self.attention(self.norm1(x_BTD), cos_TP, sin_TP)
-        return x_BTD + self.feed_forward(self.norm2(x_BTD))
+        dtype = self.attention.cfg.compute_dtype
+        x_BTD = x_BTD + self.attention(self.norm1(x_BTD, dtype), cos_TP, sin_TP)
+        return x_BTD + self.feed_forward(self.norm2(x_BTD, dtype))
+
+
+def block_step(graphdef, cfg: ModelConfig):
+    """One layer as the stack runs it, `(params, x_BTD, cos_TP, sin_TP) -> x_BTD`, under cfg.remat's policy.
+    `params` are one layer's slice of the stacked block weights."""
+
+    def apply(params, x_BTD, cos_TP, sin_TP):
+        return nnx.merge(graphdef, params)(x_BTD, cos_TP, sin_TP)
+
+    # Inside a scan XLA cannot merge the recomputation back into the forward pass; unrolled, it could.
+    return jax.checkpoint(apply, policy=REMAT_POLICIES[cfg.remat], prevent_cse=cfg.unroll_layers)
 
 
 class GPT(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        check_attention_backend(cfg)
         self.cfg = cfg
         # The residual stream keeps the parameters' dtype (float32 under bf16 compute, as PyTorch autocast keeps
         # it); only matmul inputs are cast to the compute dtype.
@@ -147,19 +235,23 @@ class GPT(nnx.Module):
     def hidden(self, ids_BT):
         """Final normalized hidden states (B, T, D), before the tied LM head."""
         cfg = self.cfg
-        cos_TP, sin_TP = rope_tables(ids_BT.shape[1], cfg.head_dim, cfg.rope_base)
-        x_BTD = self.token_embedding(ids_BT) * jnp.asarray(math.sqrt(cfg.d_model), _dtype(cfg.param_dtype))
-
-        @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
-        def run_blocks(x_BTD, block):
-            return block(x_BTD, cos_TP, sin_TP)
-
-        return self.norm(run_blocks(x_BTD, self.transformer_blocks))
+        with matmul_precision(cfg.compute_dtype):
+            cos_TP, sin_TP = rope_tables(ids_BT.shape[1], cfg.head_dim, cfg.rope_base)
+            x_BTD = self.token_embedding(ids_BT) * jnp.asarray(math.sqrt(cfg.d_model), _dtype(cfg.param_dtype))
+            graphdef, stacked = nnx.split(self.transformer_blocks)
+            step = block_step(graphdef, cfg)
+            if cfg.unroll_layers:
+                for i in range(cfg.n_layers):
+                    x_BTD = step(jax.tree.map(lambda w, i=i: w[i], stacked), x_BTD, cos_TP, sin_TP)
+            else:
+                x_BTD, _ = jax.lax.scan(lambda x, params: (step(params, x, cos_TP, sin_TP), None), x_BTD, stacked)
+            return self.norm(x_BTD)
 
     def logits(self, h_BTD):
         """The LM head, tied to the token embedding, in the compute dtype."""
         dtype = _dtype(self.cfg.compute_dtype)
-        return h_BTD.astype(dtype) @ self.token_embedding.embedding[...].astype(dtype).T
+        with matmul_precision(self.cfg.compute_dtype):
+            return h_BTD.astype(dtype) @ self.token_embedding.embedding[...].astype(dtype).T
 
     def __call__(self, ids_BT):
         """Logits (B, T, V)."""
@@ -176,7 +268,9 @@ def loss_fn(model: GPT, ids_BT):
     chunk = model.cfg.loss_chunk
     if not chunk:
         logits_BTV = model(ids_BT)[:, :-1]
-        return jnp.mean(_nll(logits_BTV.reshape(-1, logits_BTV.shape[-1]), ids_BT[:, 1:].reshape(-1)))
+        # Checkpointed: the backward pass keeps the logits in the compute dtype, not a float32 softmax of them.
+        nll = jax.checkpoint(_nll)(logits_BTV.reshape(-1, logits_BTV.shape[-1]), ids_BT[:, 1:].reshape(-1))
+        return jnp.mean(nll)
     h_BTD = model.hidden(ids_BT)[:, :-1]
     n, d = h_BTD.shape[0] * h_BTD.shape[1], h_BTD.shape[2]
     pad = -n % chunk

@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from configs.tracks import FRAMEWORKS, TRACKS  # noqa: E402
-from jax_nano.cli import OVERRIDES, run_main, track_from_args  # noqa: E402
+from jax_nano.cli import OVERRIDES, add_flag, run_main, track_from_args  # noqa: E402
 from jax_nano.device import DEVICES, check_device  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def parser() -> argparse.ArgumentParser:
             continue  # both, always
         if flag == "tokens":
             text = "stop after N tokens, whatever the track's stop rule (throughput-only for a loss track)"
-        p.add_argument("--" + flag.replace("_", "-"), type=kind, default=None, help=text)
+        add_flag(p, flag, kind, text)
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="after the comparison, save a JAX profiler trace of 5 steps here (untimed)")
     p.add_argument("--output", default=None, metavar="STEM",
