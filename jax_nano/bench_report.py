@@ -58,7 +58,6 @@ def _median(stats: dict | None):
 
 def assemble(records: list[dict], plan, *, device: str, elapsed_s: float) -> dict:
     from jax_nano.bench import CASES
-    from jax_nano.speedrun import git_commit
 
     label = device_label(records, device)
     cases = []
@@ -106,7 +105,8 @@ def assemble(records: list[dict], plan, *, device: str, elapsed_s: float) -> dic
                          "breakdown": next((r["result"] for r in mine if "result" in r), None)})
     return {
         "device": label, "device_slug": device_slug(label), "asked_device": device, "smoke": plan.smoke,
-        "commit": git_commit(), "date": datetime.date.today().isoformat(), "elapsed_s": elapsed_s,
+        "commit": next((r["result"].get("commit") for r in records if r.get("result")), "unknown"),
+        "date": datetime.date.today().isoformat(), "elapsed_s": elapsed_s,
         "plan": dataclasses.asdict(plan), "cases": cases, "levers": levers, "profiles": profiles,
         "notes": notes_for(records, plan),
         "runs": [{k: r.get(k) for k in ("label", "kind", "case", "framework", "lever", "cold", "repeat", "wall_s",

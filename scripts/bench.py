@@ -37,6 +37,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default the track's, 3; smoke 1)")
     p.add_argument("--repeats", type=int, default=None,
                    help="runs per framework and case, interleaved (default 2, at least 2; smoke 1)")
+    p.add_argument("--frameworks", default=",".join(FRAMEWORKS),
+                   help="head-to-head frameworks (default jax,torch; jax alone: a levers-only run)")
     p.add_argument("--levers", default="all", help="comma-separated lever names, 'all' (default) or 'none'")
     p.add_argument("--lever-repeats", type=int, default=1, help="runs per lever (default 1)")
     p.add_argument("--profile", action="store_true", help="also profile a few JAX steps of each case")
@@ -62,7 +64,8 @@ def main(argv=None) -> int:
                                "a GPU benchmark")
     pick = {key: getattr(args, key) if getattr(args, key) is not None else values[args.smoke]
             for key, values in DEFAULTS.items()}
-    plan = bench.Plan(smoke=args.smoke, steps=pick["steps"], warmup=pick["warmup"], repeats=pick["repeats"],
+    plan = bench.Plan(smoke=args.smoke, frameworks=tuple(f.strip() for f in args.frameworks.split(",")),
+                      steps=pick["steps"], warmup=pick["warmup"], repeats=pick["repeats"],
                       levers=bench.parse_levers(args.levers), lever_repeats=args.lever_repeats,
                       profile_steps=pick["profile_steps"] if args.profile else 0, budget_s=pick["budget_min"] * 60)
     plan.check()
