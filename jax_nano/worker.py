@@ -13,7 +13,8 @@ Jobs (`job["mode"]`):
   framework really ran, whatever the device name says);
 - "trace": the same under `jax.profiler.trace(job["profile_dir"])`;
 - "profile": a few traced steps and their breakdown (jax_nano/profile.py).
-A job's `UserError` comes back as its one-line message (`WorkerError` in the parent).
+A job's `UserError` comes back as its one-line message (`WorkerError` in the parent). The worker applies the
+project's default XLA flags (jax_nano/xla_flags.py) unless its environment says otherwise.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 from configs.errors import UserError
+from jax_nano import xla_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,7 +124,10 @@ def run_job(job: dict) -> dict:
 def main(job_path: str) -> int:
     job = pickle.loads(Path(job_path).read_bytes())
     out = Path(job["out"])
-    if job["mode"] == "profile":  # before JAX starts: XLA reads its flags once
+    # Before JAX starts, as XLA reads its flags once. The defaults here, not in the parent, so that a benchmark
+    # lever can switch them off through this process's environment (JAX_NANO_XLA_FLAGS=0).
+    xla_flags.apply_default_flags()
+    if job["mode"] == "profile":
         from jax_nano.profile import dump_flags
 
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {dump_flags(job['dump_dir'])}".strip()
