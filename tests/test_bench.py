@@ -1,5 +1,6 @@
 """The benchmark: its plan, its time budget, the profile classifier, its CLI's errors, and the smoke suite on CPU."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from configs.tracks import Track
 from jax_nano import bench, device, profile
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -33,6 +35,8 @@ def test_the_plan_interleaves_both_frameworks_and_runs_each_lever_as_data():
     text = bench.describe_plan(runs, plan)
     assert f"{len(runs)} runs" in text and "budget of 8 min" in text
     # Every lever of the table sets fields the Track has.
+    fields = {f.name for f in dataclasses.fields(Track)}
+    assert all(set(lever.track) <= fields and (lever.track or lever.env) for lever in bench.LEVERS)
     bench.Plan().check()
 
 
