@@ -84,6 +84,9 @@ ESTIMATES = {
 }
 
 
+MIN_TIMEOUT_S = 60.0  # the least time a run gets before it is stopped, however little of the budget is left
+
+
 @dataclass(frozen=True)
 class Plan:
     smoke: bool = False
@@ -221,16 +224,16 @@ def describe_plan(runs: list[Run], plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def run_one(run: Run, plan: Plan, work: Path, show_bar: bool) -> dict:
+def run_one(run: Run, plan: Plan, work: Path, show_bar: bool, timeout: float) -> dict:
     if run.kind == "profile":
         job = {"mode": "profile", "track": run.track, "steps": plan.profile_steps,
                "trace_dir": str(work / f"trace-{time.monotonic_ns()}"), "dump_dir": str(work / "hlo")}
         shutil.rmtree(work / "hlo", ignore_errors=True)
         # No compilation cache: a cached program is not compiled, so XLA would dump no HLO for it.
-        return launch(job, work, run.label, env=worker_env(work, cache=False, extra=run.env))
+        return launch(job, work, run.label, env=worker_env(work, cache=False, extra=run.env), timeout=timeout)
     job = {"mode": "run", "track": run.track, "run_name": f"bench-{time.monotonic_ns()}",
            "results_dir": str(work / "results"), "runs_dir": str(work / "runs"), "show_bar": show_bar}
-    return launch(job, work, run.label, env=worker_env(work, run.framework, extra=run.env))
+    return launch(job, work, run.label, env=worker_env(work, run.framework, extra=run.env), timeout=timeout)
 
 
 def check_backend(record: dict, device: str) -> None:
@@ -268,7 +271,9 @@ def bench(plan: Plan, *, device: str = "gpu", results_dir="results", output=None
                 log(f"[bench] {i}/{len(runs)}: {run.label} ({'cold' if run.cold else 'warm'} cache, ~{est:.0f} s)")
                 start = time.monotonic()
                 try:
-                    record["result"] = run_one(run, plan, work, show_bar)
+                    # A run that hangs or overruns is stopped where the budget ends, so the report still gets written.
+                    timeout = max(plan.budget_s - elapsed, MIN_TIMEOUT_S)
+                    record["result"] = run_one(run, plan, work, show_bar, timeout)
                     record["backend"] = record["result"].get("backend")
                 except (WorkerError, RuntimeError) as e:
                     record["error"] = str(e).splitlines()[0]

@@ -55,13 +55,17 @@ def worker_env(work: Path, framework: str = "jax", *, cache: bool = True, extra:
     return env
 
 
-def launch(job: dict, work: Path, what: str, env: dict | None = None) -> dict:
-    """Run one job in a fresh process; its result dict. A job's user error raises `WorkerError`, a crash
-    `RuntimeError` (its output is above, on the terminal)."""
+def launch(job: dict, work: Path, what: str, env: dict | None = None, timeout: float | None = None) -> dict:
+    """Run one job in a fresh process; its result dict. A job's user error raises `WorkerError`, a crash or a
+    job still running after `timeout` seconds (then stopped) `RuntimeError` (its output is above)."""
     name = f"job-{time.monotonic_ns()}"
     job_path, out_path = work / f"{name}.pkl", work / f"{name}.out.json"
     job_path.write_bytes(pickle.dumps({**job, "out": str(out_path)}))
-    proc = subprocess.run([sys.executable, "-m", "jax_nano.worker", str(job_path)], env=env or worker_env(work))
+    try:
+        proc = subprocess.run([sys.executable, "-m", "jax_nano.worker", str(job_path)], env=env or worker_env(work),
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise RuntimeError(f"{what} was still running after {timeout:.0f} s and was stopped") from None
     result = json.loads(out_path.read_text()) if out_path.is_file() else None
     if result is not None and "error" in result:
         raise WorkerError(f"{what}: {result['error']}")
