@@ -187,12 +187,14 @@ def render_markdown(result: dict) -> str:
                      f"{fmt_stats(m['setup_cold_s'], 'duration')} | {row['status']} |")
     if result["profiles"]:
         lines += ["", "## Where the JAX step's device time goes (profile; rules in jax_nano/profile.py)", "",
-                  "| case | step time | " + " | ".join(CATEGORY_LABELS.values()) + " | status |",
-                  "|---|---|" + "---|" * len(CATEGORY_LABELS) + "---|"]
+                  "| case | step time | " + " | ".join(CATEGORY_LABELS.values()) + " | kernels (no HLO name) | "
+                  "status |", "|---|---|" + "---|" * len(CATEGORY_LABELS) + "---|---|"]
         for prof in result["profiles"]:
             b = prof["breakdown"]
-            cells = ([f"{b['step_time_s'] * 1e3:.1f} ms"] + [f"{b['shares'][k]:.1%}" for k in CATEGORY_LABELS]
-                     if b else ["n/a"] * (1 + len(CATEGORY_LABELS)))
+            cells = ["n/a"] * (2 + len(CATEGORY_LABELS))
+            if b:
+                cells = ([f"{b['step_time_s'] * 1e3:.1f} ms"] + [f"{b['shares'][k]:.1%}" for k in CATEGORY_LABELS]
+                         + [f"{b['kernels']:,} ({b['kernels_without_hlo']:,})"])
             lines.append(f"| {prof['case']} | " + " | ".join(cells) + f" | {prof['status']} |")
     lines += ["", "## Runs", "", "| # | run | cache | wall | tokens/s | setup | status |",
               "|---|---|---|---|---|---|---|"]
