@@ -61,6 +61,9 @@ CASES = (Case("151M 4.5loss", "4.5loss"), Case("88M 8M", "8M"))
 # In the order they run: the slowest to compile last, so that a tight time budget drops it first.
 LEVERS = (
     Lever("xla-flags-off", "the project's default XLA flags off", env={"JAX_NANO_XLA_FLAGS": "0"}),
+    # The same steps as a token track (the step cap still stops it): what the per-step target check costs.
+    Lever("no-target-check", "no per-step target check (the loss track's steps as a token track)",
+          {"target_loss": None, "target_tokens": 10**15}),
     Lever("attention-xla", "XLA's attention instead of the default (auto: cuDNN's fused kernel on a GPU in bf16)",
           {"attention": "xla"}),
     Lever("remat-dots", "activation checkpointing, matmul outputs saved", {"remat": "dots"}),

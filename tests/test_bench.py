@@ -32,6 +32,8 @@ def test_the_plan_interleaves_both_frameworks_and_runs_each_lever_as_data():
     assert [r.lever for r in levers] == ["xla-flags-off", "loss-chunk-2048"]  # LEVERS' order
     assert levers[1].track == loss.replace(loss_chunk=2048) and levers[1].env == {}
     assert levers[0].track == loss and levers[0].env == {"JAX_NANO_XLA_FLAGS": "0"}
+    check_off = bench.plan_runs(bench.Plan(levers=("no-target-check",)), "store")[-1].track
+    assert not check_off.is_loss_track and check_off.total_steps == loss.total_steps
     text = bench.describe_plan(runs, plan)
     assert f"{len(runs)} runs" in text and "budget of 8 min" in text
     # Every lever of the table sets fields the Track has.
@@ -186,6 +188,6 @@ def test_smoke_suite_runs_every_row_on_the_cpu(tmp_path):
     for row in result["levers"]:
         assert row["status"] == "ok" and row["metrics"]["tokens_per_s"]["median"] > 0, row
         assert f"| {row['lever']} |" in md
-    loss_runs = [r for r in result["runs"] if r["case"] == bench.CASES[0].name]
+    loss_runs = [r for r in result["runs"] if r["case"] == bench.CASES[0].name and r["lever"] != "no-target-check"]
     assert all(r["steps"] == 3 and r["reached_target"] is False for r in loss_runs)  # the check ran, never met
     assert "| JAX |" in md and "| PyTorch |" in md and files["png"].name in md
