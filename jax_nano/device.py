@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import NamedTuple
 
 from configs.errors import UserError
+from configs.tracks import FRAMEWORKS
 
 DEVICES = ("auto", "gpu", "cpu")
-FRAMEWORKS = ("jax", "torch")
 CUDA13_MIN_DRIVER = 580  # CUDA 13 needs an R580 driver or newer; older drivers take the CUDA 12 builds
 # PyTorch publishes each release for several CUDA versions, each on its own wheel index.
 TORCH_INDEX = "https://download.pytorch.org/whl"

@@ -9,8 +9,8 @@ step s was the first under the target, step s+1 has already run. The trainer kee
 dispatched step (the state after step s) alive and `rewind()` returns to it. The step itself is the same
 program on both tracks, with no conditional in it: a `lax.cond` on a "target met" flag made XLA's GPU runtime
 copy the predicate to the host and wait for it every step, and on CPU it copied the whole state after the
-conditional every step. The price is memory: one more train state (parameters and optimizer state) is alive
-while a step runs, since its outputs cannot reuse its inputs' buffers (PERFORMANCE.md gives the figure).
+conditional every step. The price is memory: one or two more train states (parameters and optimizer state)
+are alive, since a step's outputs cannot reuse its inputs' buffers (PERFORMANCE.md gives the figures).
 
 With a mesh (jax_nano/sharding.py) the same step is compiled with `in_shardings`/`out_shardings`: the batch is
 split across every device, the state replicated (data parallel) or split along "fsdp" (ZeRO-3), and XLA adds

@@ -1,8 +1,13 @@
 """The PyTorch trainer: upstream's recipe, so that it is a fair baseline for the JAX one.
 
-Mirrors jax_nano/train.py: `torch.compile` on CUDA, untimed warm-up steps after which the initial weights are
-restored and fresh optimizers built, bf16 autocast (or a model cast wholly to bf16), fused AdamW on CUDA. The
-loss of each step is read at once (`loss.item()`), as upstream does.
+Mirrors jax_nano/train.py: `torch.compile` of the model and of Muon's orthogonalization on CUDA, untimed warm-up
+steps after which the initial weights are restored and fresh optimizers built, bf16 autocast (or a model cast
+wholly to bf16), fused AdamW on CUDA. PERFORMANCE.md compares it with upstream's trainer lever by lever.
+
+A loss track reads each step's loss before the next step is dispatched (`lag = 0`): it stops at the first
+step under the target, and a PyTorch step cannot be taken back without keeping a copy of the whole state. A
+token track reads it one step late (`lag = 1`), as the JAX trainer does, so the host does not wait for the GPU
+between steps.
 """
 
 import contextlib
@@ -26,10 +31,10 @@ from torch_ref.model import MinimalLLM, loss_fn
 
 class TorchTrainer:
     framework = "torch"
-    lag = 0
 
     def __init__(self, track: Track, cfg: ModelConfig, *, run_dir=None, init_state_dict=None, seed: int | None = None):
         self.track, self.cfg = track, cfg
+        self.lag = 0 if track.is_loss_track else 1
         self.seed = track.seed if seed is None else seed
         self.run_dir, self.init_state_dict = run_dir, init_state_dict
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
