@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from configs.tracks import TRACKS  # noqa: E402
+from jax_nano import xla_flags  # noqa: E402
 from jax_nano.cli import OVERRIDES, add_flag, run_main, track_from_args  # noqa: E402
 
 
@@ -50,6 +51,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    xla_flags.apply_default_flags()  # before JAX starts a backend; the runs' subprocesses inherit it
     from jax_nano import compare
 
     args = parser().parse_args(argv)
