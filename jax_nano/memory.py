@@ -94,10 +94,11 @@ def saved_activations(cfg: ModelConfig, batch_size: int, seq_len: int) -> Activa
     ids_BT = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
     found = saved_residuals(lambda p, ids: loss_fn(nnx.merge(graphdef, p), ids), params, ids_BT)
     per_layer, outside, scores = [], [], {"layer": 0, "outside": 0}
+    carry = (batch_size, seq_len, cfg.d_model)  # the scan's final output: the last layer's, kept once
     for aval, source in found:
         if source.startswith("from the argument"):
             continue  # the parameters and the batch: held anyway
-        in_scan = source.startswith("output of scan") and aval.shape[:1] == (cfg.n_layers,)
+        in_scan = source.startswith("output of scan") and aval.shape[:1] == (cfg.n_layers,) and aval.shape != carry
         shape = aval.shape[1:] if in_scan else aval.shape
         nbytes = math.prod(shape) * aval.dtype.itemsize
         if _is_scores(shape, seq_len):
