@@ -179,13 +179,13 @@ def describe(track: Track, card_gib: float, top: int) -> str:
              f"activations kept for the backward pass (computed from shapes on {jax.default_backend()}; "
              "nothing allocated):",
              f"  {'remat':<6} {'per layer':>11} {f'x {cfg.n_layers} layers':>13} {'outside layers':>15} "
-             f"{'total':>10}"]
+             f"{'total':>10}   {'XLA attention T x T per layer':>29}"]
     for remat, act in policies.items():
         lines.append(f"  {remat:<6} {_mib(act.per_layer_bytes):>11} {_gib(act.layers_bytes):>13} "
-                     f"{_gib(act.outside_bytes):>15} {_gib(act.total_bytes):>10}")
-    lines.append(f"  left out: XLA attention's T x T scores/probabilities, {_mib(kept.scores_per_layer)} per layer "
-                 f"and {_mib(kept.scores_outside)} outside (remat {cfg.remat}); cuDNN's fused attention keeps none "
-                 f"(on a GPU, attention {cfg.attention} runs {gpu_attention})")
+                     f"{_gib(act.outside_bytes):>15} {_gib(act.total_bytes):>10}   {_mib(act.scores_per_layer):>29}")
+    lines.append("  XLA attention's T x T scores/probabilities are not in the totals: cuDNN's fused attention keeps "
+                 f"none. On a GPU this run's attention is {gpu_attention}"
+                 + (", so the estimate below counts them." if gpu_attention == "xla" else "."))
     sources = sorted(layer_sources(cfg, track.batch_size, track.seq_len), key=lambda r: -r.nbytes)
     lines.append(f"largest kept per layer (remat {cfg.remat}; one layer traced alone: "
                  f"{_mib(sum(r.nbytes for r in sources))}):")
