@@ -39,7 +39,7 @@ OVERRIDES = {
     "loss_chunk": ("loss_chunk", int, "JAX: cross-entropy over N positions at a time, no full logits (0: off)"),
     "remat": ("remat", str, f"JAX: what each block recomputes in the backward pass: {', '.join(REMAT_POLICIES)}"),
     "unroll_layers": ("unroll_layers", bool, "JAX: a Python loop over the layers instead of a scan (longer compile)"),
-    "attention": ("attention", str, f"JAX attention kernel: {', '.join(ATTENTION_KINDS)} (auto: cudnn on a GPU in bf16)"),
+    "attention": ("attention", str, f"JAX attention kernel: {', '.join(ATTENTION_KINDS)} (auto: cudnn on GPU in bf16)"),
     "checkpoint_every": ("checkpoint_every", int, "steps between checkpoints (0: only at the end)"),
     "keep_checkpoints": ("keep_checkpoints", int, "checkpoints kept on disk"),
     "muon_lr": ("optim.muon_lr", float, "Muon learning rate"),

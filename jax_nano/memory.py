@@ -94,10 +94,11 @@ def saved_activations(cfg: ModelConfig, batch_size: int, seq_len: int) -> Activa
     ids_BT = jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32)
     found = saved_residuals(lambda p, ids: loss_fn(nnx.merge(graphdef, p), ids), params, ids_BT)
     per_layer, outside, scores = [], [], {"layer": 0, "outside": 0}
+    carry = (batch_size, seq_len, cfg.d_model)  # the scan's final output: the last layer's, kept once
     for aval, source in found:
         if source.startswith("from the argument"):
             continue  # the parameters and the batch: held anyway
-        in_scan = source.startswith("output of scan") and aval.shape[:1] == (cfg.n_layers,)
+        in_scan = source.startswith("output of scan") and aval.shape[:1] == (cfg.n_layers,) and aval.shape != carry
         shape = aval.shape[1:] if in_scan else aval.shape
         nbytes = math.prod(shape) * aval.dtype.itemsize
         if _is_scores(shape, seq_len):
@@ -178,13 +179,13 @@ def describe(track: Track, card_gib: float, top: int) -> str:
              f"activations kept for the backward pass (computed from shapes on {jax.default_backend()}; "
              "nothing allocated):",
              f"  {'remat':<6} {'per layer':>11} {f'x {cfg.n_layers} layers':>13} {'outside layers':>15} "
-             f"{'total':>10}"]
+             f"{'total':>10}   {'XLA attention T x T per layer':>29}"]
     for remat, act in policies.items():
         lines.append(f"  {remat:<6} {_mib(act.per_layer_bytes):>11} {_gib(act.layers_bytes):>13} "
-                     f"{_gib(act.outside_bytes):>15} {_gib(act.total_bytes):>10}")
-    lines.append(f"  left out: XLA attention's T x T scores/probabilities, {_mib(kept.scores_per_layer)} per layer "
-                 f"and {_mib(kept.scores_outside)} outside (remat {cfg.remat}); cuDNN's fused attention keeps none "
-                 f"(on a GPU, attention {cfg.attention} runs {gpu_attention})")
+                     f"{_gib(act.outside_bytes):>15} {_gib(act.total_bytes):>10}   {_mib(act.scores_per_layer):>29}")
+    lines.append("  XLA attention's T x T scores/probabilities are not in the totals: cuDNN's fused attention keeps "
+                 f"none. On a GPU this run's attention is {gpu_attention}"
+                 + (", so the estimate below counts them." if gpu_attention == "xla" else "."))
     sources = sorted(layer_sources(cfg, track.batch_size, track.seq_len), key=lambda r: -r.nbytes)
     lines.append(f"largest kept per layer (remat {cfg.remat}; one layer traced alone: "
                  f"{_mib(sum(r.nbytes for r in sources))}):")

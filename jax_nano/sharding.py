@@ -93,6 +93,18 @@ def check_batch(batch_size: int, mesh: Mesh | None, what: str = "batch_size") ->
                         f"{upper if lower == 0 else lower} or {upper}) or a mesh with fewer devices")
 
 
+def check_unroll(cfg, mesh: Mesh | None) -> None:
+    """Unrolled layers index the stacked block weights one layer at a time; split along the layer axis (what
+    param_spec chooses when fsdp divides the depth), each layer's weights would lie on one device."""
+    if mesh is None or not cfg.unroll_layers:
+        return
+    fsdp = mesh.shape["fsdp"]
+    if fsdp > 1 and cfg.n_layers % fsdp == 0:
+        raise MeshError(f"--unroll-layers with mesh {describe(mesh)}: the stacked block weights are split along the "
+                        f"layer axis ({cfg.n_layers} layers over fsdp={fsdp}), so each layer would lie on one "
+                        "device; drop --unroll-layers or use a data-parallel mesh (fsdp=1)")
+
+
 def batch_sharding(mesh: Mesh) -> NamedSharding:
     """Rows of the batch split across every device of the mesh."""
     return NamedSharding(mesh, P(AXES))

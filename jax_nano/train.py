@@ -33,7 +33,7 @@ from configs.tracks import Track
 from jax_nano import checkpoint as ckpt
 from jax_nano import sharding as shd
 from jax_nano.convert import jax_to_torch, load_params, torch_to_jax
-from jax_nano.model import GPT, loss_fn
+from jax_nano.model import GPT, loss_fn, matmul_precision
 from jax_nano.optim import make_optimizer
 
 
@@ -43,14 +43,16 @@ class TrainState(NamedTuple):
     step: jax.Array
 
 
+# precision policy -> (compute dtype, parameter dtype)
+PRECISION_DTYPES = {"float32": ("float32", "float32"), "bf16": ("bfloat16", "bfloat16"),
+                    "bf16-compute": ("bfloat16", "float32")}
+
+
 def model_config_for(track: Track, cfg: ModelConfig) -> ModelConfig:
-    """Apply the track's precision policy (and loss chunking) to a model config."""
-    cfg = cfg.replace(loss_chunk=track.loss_chunk)
-    if track.precision == "float32":
-        return cfg.replace(compute_dtype="float32", param_dtype="float32")
-    if track.precision == "bf16":
-        return cfg.replace(compute_dtype="bfloat16", param_dtype="bfloat16")
-    return cfg.replace(compute_dtype="bfloat16", param_dtype="float32")
+    """Apply the track's precision policy and model levers (loss chunking, remat, unrolling, attention kernel)."""
+    compute_dtype, param_dtype = PRECISION_DTYPES[track.precision]
+    return cfg.replace(compute_dtype=compute_dtype, param_dtype=param_dtype, loss_chunk=track.loss_chunk,
+                       remat=track.remat, unroll_layers=track.unroll_layers, attention=track.attention)
 
 
 def make_train_step(graphdef, tx):
@@ -97,6 +99,7 @@ class JaxTrainer:
         self._replicated = None
         if mesh is not None:
             shd.check_batch(track.batch_size, mesh)
+            shd.check_unroll(self.cfg, mesh)
             self.batch_sharding = shd.batch_sharding(mesh)
             self.state_sharding = shd.state_sharding(mesh, jax.eval_shape(self._fresh_state))
             self._replicated = shd.replicated(mesh)
@@ -146,8 +149,9 @@ class JaxTrainer:
         if self.mesh is not None:
             sharded = {"in_shardings": (self.state_sharding.params, self.batch_sharding),
                        "out_shardings": self._replicated}
-        self._eval = jax.jit(make_eval_step(self.graphdef), **sharded).lower(
-            self.abstract_state().params, self._batch_spec()).compile()
+        with matmul_precision(self.cfg.compute_dtype):
+            self._eval = jax.jit(make_eval_step(self.graphdef), **sharded).lower(
+                self.abstract_state().params, self._batch_spec()).compile()
         self.state = self.initial_state()
         for ids_BT in warmup_batches:
             self.state, _ = self._step(self.state, self._put(ids_BT))
@@ -165,8 +169,9 @@ class JaxTrainer:
             sharded = {"in_shardings": (self.state_sharding, self.batch_sharding),
                        "out_shardings": (self.state_sharding, self._replicated)}
         donate = () if self.track.is_loss_track else 0
-        return jax.jit(make_train_step(self.graphdef, self.tx), donate_argnums=donate, **sharded).lower(
-            self.abstract_state(), self._batch_spec()).compile()
+        with matmul_precision(self.cfg.compute_dtype):  # the optimizer's matmuls too
+            return jax.jit(make_train_step(self.graphdef, self.tx), donate_argnums=donate, **sharded).lower(
+                self.abstract_state(), self._batch_spec()).compile()
 
     def _batch_spec(self) -> jax.ShapeDtypeStruct:
         return jax.ShapeDtypeStruct((self.track.batch_size, self.track.seq_len), jnp.int32,

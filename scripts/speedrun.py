@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from configs.model import ConfigError  # noqa: E402
 from configs.tracks import TRACKS  # noqa: E402
+from jax_nano import xla_flags  # noqa: E402
 from jax_nano.cli import add_track_flags, run_main, track_from_args  # noqa: E402
 from jax_nano.device import DEVICES, check_device  # noqa: E402
 
@@ -80,6 +81,7 @@ def init_distributed(args) -> None:
 
 
 def main(argv=None) -> int:
+    xla_flags.apply_default_flags()  # before JAX starts a backend
     args = parser().parse_args(argv)
     track = track_from_args(args)
     if args.record and not track.leaderboard:

@@ -1,0 +1,214 @@
+"""The model's levers: the lean RMSNorm, remat policies, unrolled layers, the attention kernel, float32 precision,
+the default XLA flags, and the activation-memory accounting of scripts/memory.py."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from configs.model import ConfigError, get_model_config
+from jax_nano import memory, xla_flags
+from jax_nano import model as jm
+from jax_nano.cli import run_main, track_from_args
+from jax_nano.convert import jax_to_torch
+from jax_nano.train import JaxTrainer, model_config_for
+from parity_tests.compare import assert_all_close
+from tests.test_sharding import cli_args, fake_devices
+from tests.toy import toy_track
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- RMSNorm ------------------------------------------------------------------------------------------------------
+
+
+def plain_rms_norm(x, scale):
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + jm.RMS_EPS)
+    return (y * scale.astype(jnp.float32)).astype(x.dtype)
+
+
+def test_rms_norm_gives_the_plain_values_and_gradients():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 5, 64)) * 3, jnp.float32)
+    scale = jnp.asarray(1 + 0.3 * rng.normal(size=(64,)), jnp.float32)
+    probe = jnp.asarray(rng.normal(size=x.shape), jnp.float32)  # a loss that weighs every output differently
+
+    def loss(norm):
+        return lambda x, s: jnp.sum(norm(x, s) * probe)
+
+    lean = lambda x, s: jm.rms_norm(x, s, jnp.float32)  # noqa: E731
+    assert float(jnp.max(jnp.abs(lean(x, scale) - plain_rms_norm(x, scale)))) <= 1e-6
+    got = jax.grad(loss(lean), argnums=(0, 1))(x, scale)
+    want = jax.grad(loss(plain_rms_norm), argnums=(0, 1))(x, scale)
+    for g, w in zip(got, want):
+        assert float(jnp.max(jnp.abs(g - w))) <= 1e-6 * max(1.0, float(jnp.max(jnp.abs(w))))
+    # The output dtype is the one cast every matmul reading it shares: the same values as casting afterwards.
+    assert jnp.array_equal(jm.rms_norm(x, scale, jnp.bfloat16), plain_rms_norm(x, scale).astype(jnp.bfloat16))
+
+
+# -- remat policies and unrolled layers: the same function ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_batch():
+    cfg = get_model_config("tiny")
+    ids = jnp.asarray(np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 40)))
+    return cfg, ids
+
+
+def loss_and_grads(cfg, ids):
+    graphdef, params = nnx.split(jm.GPT(cfg, rngs=nnx.Rngs(0)))
+    loss, grads = jax.jit(jax.value_and_grad(lambda p: jm.loss_fn(nnx.merge(graphdef, p), ids)))(params)
+    return float(loss), jax_to_torch(grads, cfg)
+
+
+@pytest.fixture(scope="module")
+def reference(tiny_batch):
+    cfg, ids = tiny_batch
+    return loss_and_grads(cfg, ids)
+
+
+@pytest.mark.parametrize("remat,unroll", [("dots", False), ("full", False), ("none", True), ("full", True)])
+def test_remat_policies_and_unrolled_layers_give_the_same_loss_and_gradients(tiny_batch, reference, remat, unroll):
+    cfg, ids = tiny_batch
+    loss, grads = loss_and_grads(cfg.replace(remat=remat, unroll_layers=unroll), ids)
+    assert abs(loss - reference[0]) <= 1e-6
+    assert_all_close(grads, reference[1], 1e-6, what="gradient")
+
+
+# -- activation memory -------------------------------------------------------------------------------------------
+
+
+def test_memory_accounting_shrinks_with_full_remat_and_matches_one_layer_traced_alone():
+    cfg, batch, seq = get_model_config("tiny"), 2, 48
+    none = memory.saved_activations(cfg, batch, seq)
+    full = memory.saved_activations(cfg.replace(remat="full"), batch, seq)
+    # Full remat keeps each layer's float32 input and nothing else of the layer.
+    assert full.per_layer_bytes == batch * seq * cfg.d_model * 4 < none.per_layer_bytes
+    assert full.outside_bytes == none.outside_bytes
+    # XLA's (B, kv heads, T, group, T) scores are counted apart (cuDNN keeps none), and only under "none".
+    assert none.scores_per_layer >= batch * cfg.n_heads * seq * seq * 4 and full.scores_per_layer == 0
+    alone = memory.layer_sources(cfg, batch, seq)
+    assert sum(r.nbytes for r in alone) == none.per_layer_bytes
+    assert any("Attention._project" in r.source for r in alone), alone
+
+
+def test_151m_default_keeps_at_most_120_mib_per_layer():
+    cfg = get_model_config("blueberry-151m", compute_dtype="bfloat16")
+    kept = memory.saved_activations(cfg, 4, 2048)
+    assert kept.per_layer_bytes <= 120 * 2**20, kept.per_layer_bytes / 2**20
+
+
+def test_memory_script_prints_every_policy_and_a_budget(capsys):
+    argv = ["--track", "smoke", "--model", "tiny", "--batch-size", "2", "--seq-len", "48", "--card-gib", "1"]
+    assert memory.main(argv) == 0
+    out = capsys.readouterr().out
+    assert all(re.search(rf"^  {p} +[\d.]+ MiB", out, re.M) for p in ("none", "dots", "full")), out
+    assert "cuDNN's fused attention keeps none" in out and "fits in 1 GiB" in out, out
+
+
+# -- attention kernel and float32 precision -------------------------------------------------------------------------
+
+
+def test_attention_choice_and_its_errors():
+    cfg = get_model_config("tiny", compute_dtype="bfloat16")
+    assert jm.attention_kernel(cfg) == "xla"  # this is a CPU
+    assert jm.attention_kernel(cfg.replace(attention="xla")) == "xla"
+    with pytest.raises(ConfigError, match="attention 'cudnn' needs an NVIDIA GPU"):
+        jm.GPT(cfg.replace(attention="cudnn"), rngs=nnx.Rngs(0))
+    with pytest.raises(ConfigError, match="needs bf16 compute"):
+        get_model_config("tiny", attention="cudnn")
+    with pytest.raises(ConfigError, match="unknown attention 'flash'"):
+        get_model_config("tiny", attention="flash")
+    with pytest.raises(ConfigError, match="unknown remat policy 'some'"):
+        get_model_config("tiny", remat="some")
+
+
+def test_float32_step_lowers_every_matmul_at_highest_precision(toy_store):
+    trainer = JaxTrainer(toy_track(toy_store, steps=2), get_model_config("tiny"))
+    trainer.setup([], None)
+    compiled = trainer._step.as_text()
+    dots = len(re.findall(r" dot\(", compiled))
+    assert dots > 20 and compiled.count("operand_precision={highest,highest}") == dots
+    cfg = get_model_config("tiny", compute_dtype="bfloat16")
+    graphdef, params = nnx.split(jm.GPT(cfg, rngs=nnx.Rngs(0)))
+    ids = jnp.zeros((2, 16), jnp.int32)
+    lowered = jax.jit(jax.grad(lambda p: jm.loss_fn(nnx.merge(graphdef, p), ids))).lower(params).as_text()
+    assert "dot_general" in lowered and "HIGHEST" not in lowered
+
+
+# -- the command line ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", ["speedrun", "compare"])
+def test_lever_flags_reach_the_model_config(script):
+    parser = _load_script(script).parser()
+    track = track_from_args(parser.parse_args(["--unroll-layers", "--remat", "full", "--attention", "xla"]))
+    cfg = model_config_for(track, get_model_config(track.model))
+    assert (cfg.remat, cfg.unroll_layers, cfg.attention) == ("full", True, "xla")
+    assert track_from_args(parser.parse_args([])).unroll_layers is False
+
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--remat", "some"], "unknown remat policy 'some'"),
+    (["--attention", "flash"], "unknown attention 'flash'"),
+    (["--attention", "cudnn"], "needs bf16 compute"),
+])
+def test_bad_lever_is_a_one_line_error(toy_store, tmp_path, monkeypatch, capsys, extra, message):
+    monkeypatch.setenv(xla_flags.SWITCH, "0")
+    monkeypatch.chdir(tmp_path)
+    argv = cli_args(toy_store, *extra)[2:]
+    assert run_main(_load_script("speedrun").main, argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "results").exists()
+
+
+def test_unrolled_layers_are_refused_where_fsdp_splits_the_layer_axis(toy_store, tmp_path):
+    out = subprocess.run(cli_args(toy_store, "--mesh", "fsdp=2", "--unroll-layers"), cwd=tmp_path,
+                         env=fake_devices(2), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "--unroll-layers with mesh data=1,fsdp=2" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+# -- XLA flags -----------------------------------------------------------------------------------------------------
+
+
+def test_default_flags_respect_the_user():
+    env = {}
+    applied = xla_flags.apply_default_flags(env)
+    assert env == applied and env["XLA_FLAGS"] == " ".join(xla_flags.DEFAULT_XLA_FLAGS)
+    assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == xla_flags.DEFAULT_ENV["XLA_PYTHON_CLIENT_MEM_FRACTION"]
+    mine = {"XLA_FLAGS": "", "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.5"}
+    assert xla_flags.apply_default_flags(dict(mine)) == {}
+    off = {xla_flags.SWITCH: "0"}
+    assert xla_flags.apply_default_flags(off) == {} and off == {xla_flags.SWITCH: "0"}
+
+
+@pytest.mark.parametrize("extra,accepted", [((), True), (("--xla_gpu_enable_command_buffer=+NOT_A_COMMAND",), False)])
+def test_xla_accepts_every_default_flag(extra, accepted):
+    """XLA parses its GPU flags on the CPU too and aborts on one it does not know: the bogus flag proves it."""
+    code = (f"import jax_nano.xla_flags as f; f.DEFAULT_XLA_FLAGS += {extra!r}; f.apply_default_flags(); "
+            "import jax; jax.numpy.ones(2).block_until_ready()")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", xla_flags.SWITCH)}
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)},
+                         capture_output=True, text=True, timeout=120)
+    assert (out.returncode == 0) == accepted, out.stderr[-2000:]
