@@ -21,38 +21,51 @@ class HarnessError(UserError):
     """Tasks that cannot be found or downloaded; the message is one line."""
 
 
-def task_manager(tasks, include_path=None):
-    """The harness's task index for `tasks`. Tasks all found under `include_path` skip indexing the harness's
-    own thousands of tasks (seconds); an unknown name is refused before any model work."""
+def require_lm_eval() -> None:
+    try:
+        import lm_eval  # noqa: F401
+    except ImportError:
+        raise HarnessError("lm-eval is not installed; install the eval extra: pip install -e '.[eval]'") from None
+
+
+def load_tasks(tasks, include_path=None):
+    """(task manager, built tasks): the harness's tasks by name, their data downloaded, before any model work, so
+    a misspelt name or an unreachable Hub fails at once. Tasks all found under `include_path` skip indexing the
+    harness's own thousands of tasks (seconds)."""
     from lm_eval.tasks import TaskManager
 
+    manager = None
     if include_path is not None:
         if not Path(include_path).is_dir():
             raise HarnessError(f"--include-path {include_path}: no such directory of task YAML files")
-        local = TaskManager(include_path=str(include_path), include_defaults=False)
-        if all(t in local.all_tasks for t in tasks):
-            return local
-    manager = TaskManager(include_path=None if include_path is None else str(include_path))
+        manager = TaskManager(include_path=str(include_path), include_defaults=False)
+    if manager is None or not all(t in manager.all_tasks for t in tasks):
+        manager = TaskManager(include_path=None if include_path is None else str(include_path))
     unknown = [t for t in tasks if t not in manager.all_tasks and not Path(t).is_file()]
     if unknown:
         raise HarnessError(f"unknown task {unknown[0]!r}; `lm_eval ls tasks` lists the harness's tasks, "
                            "--include-path DIR adds your own YAML tasks")
-    return manager
+    built = []
+    try:
+        for name in tasks:
+            loaded = manager.load([name])
+            # a group keeps its structure (its scores are aggregated); a tag is the tasks it names
+            built += [loaded["groups"][name]] if name in loaded["groups"] else list(loaded["tasks"].values())
+    except ConnectionError as e:  # what `datasets` raises when the Hub cannot be reached
+        raise HarnessError(f"cannot download the data of task {name!r}, the Hugging Face Hub is unreachable ({e}); "
+                           "run where the Hub is reachable (or its datasets are cached), or use local tasks "
+                           "(--include-path)") from None
+    return manager, built
 
 
 def run_tasks(lm, tasks, *, manager, limit=None, num_fewshot=None) -> dict:
-    """`lm_eval.simple_evaluate` of `lm` on `tasks`, with the harness's answer reduced to the report's figures."""
+    """`lm_eval.simple_evaluate` of `lm` on `tasks` (built by `load_tasks`), reduced to the report's figures."""
     import lm_eval
 
     t0 = time.perf_counter()
     model_s0 = lm.model_time_s
-    try:
-        out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
-                                      num_fewshot=num_fewshot, log_samples=False)
-    except ConnectionError as e:  # what `datasets` raises when the Hub cannot be reached
-        raise HarnessError(f"cannot download the tasks' data, the Hugging Face Hub is unreachable ({e}); run where "
-                           "the Hub is reachable (or its datasets are cached), or use local tasks (--include-path)"
-                           ) from None
+    out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager, limit=limit,
+                                  num_fewshot=num_fewshot, log_samples=False)
     return summarize(out, lm, wall_s=time.perf_counter() - t0, model_s=lm.model_time_s - model_s0, limit=limit,
                      num_fewshot=num_fewshot)
 

