@@ -84,6 +84,8 @@ class JaxEngine:
         self.model = model
         graphdef, self._state = nnx.split(model)
         self._score = jax.jit(partial(_token_scores, graphdef))
+        self._compiled = {}  # (batch, length) -> the scoring program, compiled ahead of time on first use
+        self.compile_s = 0.0
         self._generator = None
 
     def device_name(self) -> str:
@@ -92,7 +94,11 @@ class JaxEngine:
 
     def token_scores(self, inputs_BT: np.ndarray, targets_BT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """log p(target | inputs up to that position) and whether the target is the argmax, per position."""
-        logp_BT, hit_BT = self._score(self._state, jnp.asarray(inputs_BT), jnp.asarray(targets_BT))
+        if inputs_BT.shape not in self._compiled:
+            t0 = time.perf_counter()
+            self._compiled[inputs_BT.shape] = self._score.lower(self._state, inputs_BT, targets_BT).compile()
+            self.compile_s += time.perf_counter() - t0
+        logp_BT, hit_BT = self._compiled[inputs_BT.shape](self._state, inputs_BT, targets_BT)
         return np.asarray(logp_BT), np.asarray(hit_BT)
 
     def generate(self, prompts: list[list[int]], *, batch_size: int, max_len: int, **sampling) -> list[list[int]]:
@@ -100,7 +106,9 @@ class JaxEngine:
 
         if self._generator is None:
             self._generator = Generator(self.model, batch_size=batch_size, max_len=max_len)
-        return self._generator.generate(prompts, **sampling)
+        out = self._generator.generate(prompts, **sampling)
+        self.compile_s += self._generator.stats.compile_s  # the stats are those of this call
+        return out
 
 
 def _token_scores(graphdef, state, inputs_BT, targets_BT):
@@ -161,6 +169,8 @@ class JaxNanoLM(TemplateLM):
                  batch_size=DEFAULT_BATCH_SIZE, max_length=None, max_gen_toks=DEFAULT_MAX_GEN_TOKS,
                  runs_dir="runs", compute_dtype="float32", show_bar=True):
         super().__init__()
+        if isinstance(batch_size, str) and batch_size.isdigit():  # the harness's command line passes text
+            batch_size = int(batch_size)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise EvalError(f"batch_size={batch_size!r} must be a whole number >= 1 (the scoring batch is fixed)")
         if model is not None:
@@ -192,6 +202,11 @@ class JaxNanoLM(TemplateLM):
 
     def device_name(self) -> str:
         return self.engine.device_name()
+
+    @property
+    def compile_time_s(self) -> float:
+        """Seconds spent compiling, part of `model_time_s` (the seconds inside the three request methods)."""
+        return self.engine.compile_s
 
     @property
     def eot_token_id(self) -> int:

@@ -13,6 +13,7 @@ POSITIONS_PER_CALL = 4096
 
 class TorchEngine:
     framework = "torch"
+    compile_s = 0.0  # eager: nothing is compiled
 
     def __init__(self, model: MinimalLLM):
         self.cfg = model.cfg
