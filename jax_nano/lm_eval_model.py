@@ -37,7 +37,7 @@ DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_GEN_TOKS = 256
 # Positions whose logits are formed at once: (positions x vocab) float32 stays near 200 MB for the real vocab.
 LOGITS_CHUNK = 1024
-# Sampling keys of the harness that the generator understands; any other key is reported once and ignored.
+# Sampling keys of the harness that the generator understands; any other key is logged and ignored.
 _SAMPLING_KEYS = {"do_sample", "temperature", "top_k", "top_p", "seed"}
 
 
@@ -177,7 +177,7 @@ class JaxNanoLM(TemplateLM):
             self.engine = engine_for(model)
         else:
             self.engine = load_engine(run=run, state_dict=state_dict, preset=preset, framework=framework,
-                                         runs_dir=runs_dir, compute_dtype=compute_dtype)
+                                      runs_dir=runs_dir, compute_dtype=compute_dtype)
         cfg = self.engine.cfg
         self.text_tokenizer = tokenizer if tokenizer is not None else SmolLM2Tokenizer()
         if self.text_tokenizer.vocab_size > cfg.vocab_size:
