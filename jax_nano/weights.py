@@ -15,6 +15,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import jax
+import numpy as np
 import torch
 
 from configs.errors import UserError
@@ -167,7 +168,6 @@ def _unwrap(tree):
 def restore_params(run_dir) -> tuple[dict, dict]:
     """(params as a nested dict of numpy arrays, the checkpoint's fingerprint) of a run's latest orbax
     checkpoint (runs/NAME/checkpoints/STEP/{state,meta}); the optimizer state is not read."""
-    import numpy as np
     import orbax.checkpoint as ocp
 
     ckpt_dir = Path(run_dir).absolute() / "checkpoints"
@@ -219,11 +219,22 @@ def load_model(*, run=None, state_dict=None, preset=None, runs_dir="runs", compu
     else:
         cfg, params = get_model_config(preset), None
     cfg = cfg.replace(compute_dtype=compute_dtype, param_dtype="float32", loss_chunk=0)
-    model = GPT(cfg, rngs=nnx.Rngs(0))
-    if params is not None:
-        try:
-            load_params(model, params)
-        except (ValueError, KeyError, TypeError) as e:
-            raise WeightsError(
-                f"{run or state_dict}: weights do not fit model {cfg.name!r} ({_first_line(e)})") from None
+    if params is None:
+        return GPT(cfg, rngs=nnx.Rngs(0)), cfg
+    # Shapes only: the loaded weights replace every parameter, so none is initialized.
+    model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
+    _check_shapes(params, nnx.to_pure_dict(nnx.state(model, nnx.Param)), run or state_dict, cfg)
+    load_params(model, params)
     return model, cfg
+
+
+def _check_shapes(params: dict, expected: dict, where, cfg: ModelConfig) -> None:
+    def shapes(tree):
+        flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+        return {jax.tree_util.keystr(path): tuple(x.shape) for path, x in flat}
+
+    got, want = shapes(params), shapes(expected)
+    for name in sorted(set(got) | set(want)):
+        if got.get(name) != want.get(name):
+            raise WeightsError(f"{where}: parameter {name} has shape {got.get(name)}, model {cfg.name!r} needs "
+                               f"{want.get(name)}; choose the preset the weights were trained with")
