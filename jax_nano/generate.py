@@ -41,7 +41,8 @@ class Stats:
 
         return (f"prompt: {self.prompt_tokens} tokens in {self.prompt_s:.2f} s "
                 f"({rate(self.prompt_tokens, self.prompt_s)}); generated: {self.new_tokens} tokens in "
-                f"{self.decode_s:.2f} s ({rate(self.new_tokens, self.decode_s)}); compile {self.compile_s:.1f} s")
+                f"{self.decode_s:.2f} s ({rate(self.new_tokens, self.decode_s)})"
+                + (f"; compile {self.compile_s:.1f} s" if self.compile_s else ""))
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
@@ -176,7 +177,7 @@ class Generator:
             if len(p) + max_new_tokens > self.max_len:
                 raise GenerationError(f"prompt {i} ({len(p)} tokens) plus {max_new_tokens} new tokens exceeds "
                                       f"max_len {self.max_len}; shorten it or ask for fewer new tokens")
-        self.stats = Stats(compile_s=0.0)
+        self.stats = Stats()
         outputs, logits = [[] for _ in prompts], [[] for _ in prompts]
         for start in range(0, len(prompts), self.batch_size):
             rows = list(range(start, min(start + self.batch_size, len(prompts))))

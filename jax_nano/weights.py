@@ -238,3 +238,15 @@ def _check_shapes(params: dict, expected: dict, where, cfg: ModelConfig) -> None
         if got.get(name) != want.get(name):
             raise WeightsError(f"{where}: parameter {name} has shape {got.get(name)}, model {cfg.name!r} needs "
                                f"{want.get(name)}; choose the preset the weights were trained with")
+
+
+def to_torch_model(model, cfg: ModelConfig):
+    """The PyTorch twin (`torch_ref.model.MinimalLLM`) of a jax-nano model, with the same weights."""
+    from flax import nnx
+
+    from jax_nano.convert import jax_to_torch
+    from torch_ref.model import MinimalLLM
+
+    twin = MinimalLLM(cfg)
+    twin.load_state_dict(jax_to_torch(nnx.state(model, nnx.Param), cfg), strict=True)
+    return twin.eval()

