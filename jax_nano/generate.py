@@ -207,8 +207,13 @@ class Generator:
         live = [True] * len(rows)
         t0 = time.perf_counter()
         for step in range(max_new):
-            if logits is not None:
-                step_logits = np.asarray(logits_BV)
+            step_logits = np.asarray(logits_BV) if logits is not None else None
+            # The next step is dispatched before this one's tokens go to the host callbacks, so the device
+            # computes while the host streams (at most one step is wasted when every row has stopped).
+            pending = None
+            if step < max_new - 1:
+                pending = decode(self.params, cache_k, cache_v, next_B, np.int32(P + step), np.int32(step + 1),
+                                 pad_B, rows_B, *sampling)
             for b, r in enumerate(rows):
                 if not live[b]:
                     continue
@@ -221,10 +226,9 @@ class Generator:
                     logits[r].append(step_logits[b])
                 if on_token is not None:
                     on_token(r, token)
-            if not any(live) or step == max_new - 1:
+            if pending is None or not any(live):
                 break
-            next_B, logits_BV, cache_k, cache_v = decode(self.params, cache_k, cache_v, next_B, np.int32(P + step),
-                                                          np.int32(step + 1), pad_B, rows_B, *sampling)
+            next_B, logits_BV, cache_k, cache_v = pending
             tokens = np.asarray(next_B)
         self.stats.decode_s += time.perf_counter() - t0
         self.stats.new_tokens += sum(len(outputs[r]) for r in rows)

@@ -118,7 +118,8 @@ def read_checkpoint(path) -> dict:
     if isinstance(obj, dict) and "model_state_dict" in obj:
         extras = {k: plain(obj.get(k)) for k in extras}
         obj = obj["model_state_dict"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise WeightsError(f"{path}: holds no state_dict (a dict of tensors, or upstream's "
                            f"{{'model_state_dict': ...}}); pass a model checkpoint")
     state_dict = {k.removeprefix(COMPILE_PREFIX): v for k, v in obj.items()}
@@ -155,7 +156,8 @@ def fit_state_dict(state_dict: dict, cfg: ModelConfig, where="state_dict") -> di
         check_state_dict(state_dict, cfg)
     except ConversionError as e:
         raise WeightsError(f"{where}: {e}") from None
-    return state_dict
+    # The tied head is one tensor; a file may leave out its second name, a strict PyTorch load wants it.
+    return {"lm_head.weight": state_dict["token_embedding.weight"], **state_dict}
 
 
 def _unwrap(tree):

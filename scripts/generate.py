@@ -122,7 +122,10 @@ class Printer:
 
 
 def build_generator(args, batch_size: int, max_new: int, lengths: list[int], cfg, model):
-    max_len = min(cfg.max_seq_len, max(lengths) + max_new)
+    from jax_nano.generate import prefill_length
+
+    # Prompt lengths rounded up to a power of two: similar prompts reuse the compiled programs (and the cache).
+    max_len = min(cfg.max_seq_len, prefill_length(max(lengths), cfg.max_seq_len) + max_new)
     if args.framework == "torch":
         import torch
 
