@@ -9,6 +9,7 @@ values: changing them compiles nothing. Mirrored by `torch_ref/generate.py`.
 """
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -40,7 +41,8 @@ class Stats:
 
         return (f"prompt: {self.prompt_tokens} tokens in {self.prompt_s:.2f} s "
                 f"({rate(self.prompt_tokens, self.prompt_s)}); generated: {self.new_tokens} tokens in "
-                f"{self.decode_s:.2f} s ({rate(self.new_tokens, self.decode_s)}); compile {self.compile_s:.1f} s")
+                f"{self.decode_s:.2f} s ({rate(self.new_tokens, self.decode_s)})"
+                + (f"; compile {self.compile_s:.1f} s" if self.compile_s else ""))
 
 
 def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
@@ -85,6 +87,39 @@ def _row_keys(seed, rows_B, step):
     return jax.vmap(lambda r: jax.random.fold_in(jax.random.fold_in(base, r), step))(rows_B)
 
 
+def _prefill(graphdef, max_len, params, ids_BP, pad_B, rows_B, seed, temperature, top_k, top_p):
+    model = nnx.merge(graphdef, params)
+    cfg, P = model.cfg, ids_BP.shape[1]
+    cols, slots = jnp.arange(P), jnp.arange(max_len)
+    pos_BP = jnp.maximum(cols[None, :] - pad_B[:, None], 0)
+    # A column sees the slots at or before it that hold its own prompt; padding columns see only themselves
+    # (their outputs are never used, and no row attends to them).
+    mask_BPS = (slots[None, None, :] <= cols[None, :, None]) & (
+        (slots[None, None, :] >= pad_B[:, None, None]) | (slots[None, None, :] == cols[None, :, None]))
+    zeros = jnp.zeros((cfg.n_layers, ids_BP.shape[0], max_len, cfg.n_kv_heads, cfg.head_dim), cfg.compute_dtype)
+    h_BPD, cache_k, cache_v = model.hidden_cached(ids_BP, pos_BP, zeros, zeros, 0, mask_BPS)
+    logits_BV = model.logits(h_BPD[:, -1]).astype(jnp.float32)
+    next_B = sample(logits_BV, _row_keys(seed, rows_B, 0), temperature, top_k, top_p)
+    return next_B, logits_BV, cache_k, cache_v
+
+
+def _decode(graphdef, max_len, params, cache_k, cache_v, ids_B, t, step, pad_B, rows_B, seed, temperature, top_k,
+            top_p):
+    model = nnx.merge(graphdef, params)
+    slots = jnp.arange(max_len)
+    mask_B1S = ((slots[None, :] <= t) & (slots[None, :] >= pad_B[:, None]))[:, None, :]
+    h_B1D, cache_k, cache_v = model.hidden_cached(ids_B[:, None], (t - pad_B)[:, None], cache_k, cache_v, t,
+                                                  mask_B1S)
+    logits_BV = model.logits(h_B1D[:, 0]).astype(jnp.float32)
+    next_B = sample(logits_BV, _row_keys(seed, rows_B, step), temperature, top_k, top_p)
+    return next_B, logits_BV, cache_k, cache_v
+
+
+# Compiled programs by (model structure, batch, cache length, kind, prefill length): generators of the same
+# model shape share them, whatever their weights.
+_PROGRAMS = {}
+
+
 class Generator:
     """Batched generation from a `GPT`: `batch_size` rows at a time, a cache of `max_len` positions."""
 
@@ -97,57 +132,27 @@ class Generator:
         self.cfg, self.batch_size, self.max_len = cfg, batch_size, max_len
         self.graphdef, self.params = nnx.split(model)
         self.stats = Stats()
-        cache_shape = (cfg.n_layers, batch_size, max_len, cfg.n_kv_heads, cfg.head_dim)
-        self._cache = jax.ShapeDtypeStruct(cache_shape, jnp.dtype(cfg.compute_dtype))
-        self._compiled = {}
 
-    # -- the two compiled programs --------------------------------------------------------------------------
-
-    def _prefill_fn(self, params, ids_BP, pad_B, rows_B, seed, temperature, top_k, top_p):
-        model = nnx.merge(self.graphdef, params)
-        P, S = ids_BP.shape[1], self.max_len
-        cols = jnp.arange(P)
-        pos_BP = jnp.maximum(cols[None, :] - pad_B[:, None], 0)
-        slots = jnp.arange(S)
-        # A column sees the slots at or before it that hold its own prompt; padding columns see only themselves
-        # (their outputs are never used, and no row attends to them).
-        mask_BPS = (slots[None, None, :] <= cols[None, :, None]) & (
-            (slots[None, None, :] >= pad_B[:, None, None]) | (slots[None, None, :] == cols[None, :, None]))
-        zeros = jnp.zeros(self._cache.shape, self._cache.dtype)
-        h_BPD, cache_k, cache_v = model.hidden_cached(ids_BP, pos_BP, zeros, zeros, 0, mask_BPS)
-        logits_BV = model.logits(h_BPD[:, -1]).astype(jnp.float32)
-        next_B = sample(logits_BV, _row_keys(seed, rows_B, 0), temperature, top_k, top_p)
-        return next_B, logits_BV, cache_k, cache_v
-
-    def _decode_fn(self, params, cache_k, cache_v, ids_B, t, step, pad_B, rows_B, seed, temperature, top_k, top_p):
-        model = nnx.merge(self.graphdef, params)
-        pos_B1 = (t - pad_B)[:, None]
-        slots = jnp.arange(self.max_len)
-        mask_B1S = ((slots[None, :] <= t) & (slots[None, :] >= pad_B[:, None]))[:, None, :]
-        h_B1D, cache_k, cache_v = model.hidden_cached(ids_B[:, None], pos_B1, cache_k, cache_v, t, mask_B1S)
-        logits_BV = model.logits(h_B1D[:, 0]).astype(jnp.float32)
-        next_B = sample(logits_BV, _row_keys(seed, rows_B, step), temperature, top_k, top_p)
-        return next_B, logits_BV, cache_k, cache_v
-
-    def _program(self, name: str, P: int = 0):
+    def _program(self, kind: str, P: int = 0):
         """The compiled prefill (one per padded length) or decode step, compiled ahead of time on first use."""
-        key = (name, P)
-        if key not in self._compiled:
+        key = (self.graphdef, self.batch_size, self.max_len, kind, P)
+        if key not in _PROGRAMS:
             t0 = time.perf_counter()
-            B, i32, f32 = self.batch_size, jnp.int32, jnp.float32
-            row = jax.ShapeDtypeStruct((B,), i32)
-            scalars = (jax.ShapeDtypeStruct((), i32), jax.ShapeDtypeStruct((), f32), jax.ShapeDtypeStruct((), i32),
-                       jax.ShapeDtypeStruct((), f32))
-            if name == "prefill":
-                args = (self.params, jax.ShapeDtypeStruct((B, P), i32), row, row, *scalars)
-                fn = jax.jit(self._prefill_fn)
+            cfg, B, S = self.cfg, self.batch_size, self.max_len
+            i32, f32 = jnp.int32, jnp.float32
+            row, scalar = jax.ShapeDtypeStruct((B,), i32), jax.ShapeDtypeStruct((), i32)
+            sampling = (scalar, jax.ShapeDtypeStruct((), f32), scalar, jax.ShapeDtypeStruct((), f32))
+            if kind == "prefill":
+                fn = jax.jit(functools.partial(_prefill, self.graphdef, S))
+                args = (self.params, jax.ShapeDtypeStruct((B, P), i32), row, row, *sampling)
             else:
-                scalar = jax.ShapeDtypeStruct((), i32)
-                args = (self.params, self._cache, self._cache, row, scalar, scalar, row, row, *scalars)
-                fn = jax.jit(self._decode_fn, donate_argnums=(1, 2))
-            self._compiled[key] = fn.lower(*args).compile()
+                cache = jax.ShapeDtypeStruct((cfg.n_layers, B, S, cfg.n_kv_heads, cfg.head_dim),
+                                             jnp.dtype(cfg.compute_dtype))
+                fn = jax.jit(functools.partial(_decode, self.graphdef, S), donate_argnums=(1, 2))
+                args = (self.params, cache, cache, row, scalar, scalar, row, row, *sampling)
+            _PROGRAMS[key] = fn.lower(*args).compile()
             self.stats.compile_s += time.perf_counter() - t0
-        return self._compiled[key]
+        return _PROGRAMS[key]
 
     # -- generation -----------------------------------------------------------------------------------------
 
@@ -172,7 +177,7 @@ class Generator:
             if len(p) + max_new_tokens > self.max_len:
                 raise GenerationError(f"prompt {i} ({len(p)} tokens) plus {max_new_tokens} new tokens exceeds "
                                       f"max_len {self.max_len}; shorten it or ask for fewer new tokens")
-        self.stats = Stats(compile_s=0.0)
+        self.stats = Stats()
         outputs, logits = [[] for _ in prompts], [[] for _ in prompts]
         for start in range(0, len(prompts), self.batch_size):
             rows = list(range(start, min(start + self.batch_size, len(prompts))))
@@ -202,8 +207,13 @@ class Generator:
         live = [True] * len(rows)
         t0 = time.perf_counter()
         for step in range(max_new):
-            if logits is not None:
-                step_logits = np.asarray(logits_BV)
+            step_logits = np.asarray(logits_BV) if logits is not None else None
+            # The next step is dispatched before this one's tokens go to the host callbacks, so the device
+            # computes while the host streams (at most one step is wasted when every row has stopped).
+            pending = None
+            if step < max_new - 1:
+                pending = decode(self.params, cache_k, cache_v, next_B, np.int32(P + step), np.int32(step + 1),
+                                 pad_B, rows_B, *sampling)
             for b, r in enumerate(rows):
                 if not live[b]:
                     continue
@@ -216,10 +226,9 @@ class Generator:
                     logits[r].append(step_logits[b])
                 if on_token is not None:
                     on_token(r, token)
-            if not any(live) or step == max_new - 1:
+            if pending is None or not any(live):
                 break
-            next_B, logits_BV, cache_k, cache_v = decode(self.params, cache_k, cache_v, next_B, np.int32(P + step),
-                                                          np.int32(step + 1), pad_B, rows_B, *sampling)
+            next_B, logits_BV, cache_k, cache_v = pending
             tokens = np.asarray(next_B)
         self.stats.decode_s += time.perf_counter() - t0
         self.stats.new_tokens += sum(len(outputs[r]) for r in rows)

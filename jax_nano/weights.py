@@ -15,6 +15,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import jax
+import numpy as np
 import torch
 
 from configs.errors import UserError
@@ -117,7 +118,8 @@ def read_checkpoint(path) -> dict:
     if isinstance(obj, dict) and "model_state_dict" in obj:
         extras = {k: plain(obj.get(k)) for k in extras}
         obj = obj["model_state_dict"]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
         raise WeightsError(f"{path}: holds no state_dict (a dict of tensors, or upstream's "
                            f"{{'model_state_dict': ...}}); pass a model checkpoint")
     state_dict = {k.removeprefix(COMPILE_PREFIX): v for k, v in obj.items()}
@@ -154,7 +156,8 @@ def fit_state_dict(state_dict: dict, cfg: ModelConfig, where="state_dict") -> di
         check_state_dict(state_dict, cfg)
     except ConversionError as e:
         raise WeightsError(f"{where}: {e}") from None
-    return state_dict
+    # The tied head is one tensor; a file may leave out its second name, a strict PyTorch load wants it.
+    return {"lm_head.weight": state_dict["token_embedding.weight"], **state_dict}
 
 
 def _unwrap(tree):
@@ -167,7 +170,6 @@ def _unwrap(tree):
 def restore_params(run_dir) -> tuple[dict, dict]:
     """(params as a nested dict of numpy arrays, the checkpoint's fingerprint) of a run's latest orbax
     checkpoint (runs/NAME/checkpoints/STEP/{state,meta}); the optimizer state is not read."""
-    import numpy as np
     import orbax.checkpoint as ocp
 
     ckpt_dir = Path(run_dir).absolute() / "checkpoints"
@@ -219,11 +221,34 @@ def load_model(*, run=None, state_dict=None, preset=None, runs_dir="runs", compu
     else:
         cfg, params = get_model_config(preset), None
     cfg = cfg.replace(compute_dtype=compute_dtype, param_dtype="float32", loss_chunk=0)
-    model = GPT(cfg, rngs=nnx.Rngs(0))
-    if params is not None:
-        try:
-            load_params(model, params)
-        except (ValueError, KeyError, TypeError) as e:
-            raise WeightsError(
-                f"{run or state_dict}: weights do not fit model {cfg.name!r} ({_first_line(e)})") from None
+    if params is None:
+        return GPT(cfg, rngs=nnx.Rngs(0)), cfg
+    # Shapes only: the loaded weights replace every parameter, so none is initialized.
+    model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
+    _check_shapes(params, nnx.to_pure_dict(nnx.state(model, nnx.Param)), run or state_dict, cfg)
+    load_params(model, params)
     return model, cfg
+
+
+def _check_shapes(params: dict, expected: dict, where, cfg: ModelConfig) -> None:
+    def shapes(tree):
+        flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+        return {jax.tree_util.keystr(path): tuple(x.shape) for path, x in flat}
+
+    got, want = shapes(params), shapes(expected)
+    for name in sorted(set(got) | set(want)):
+        if got.get(name) != want.get(name):
+            raise WeightsError(f"{where}: parameter {name} has shape {got.get(name)}, model {cfg.name!r} needs "
+                               f"{want.get(name)}; choose the preset the weights were trained with")
+
+
+def to_torch_model(model, cfg: ModelConfig):
+    """The PyTorch twin (`torch_ref.model.MinimalLLM`) of a jax-nano model, with the same weights."""
+    from flax import nnx
+
+    from jax_nano.convert import jax_to_torch
+    from torch_ref.model import MinimalLLM
+
+    twin = MinimalLLM(cfg)
+    twin.load_state_dict(jax_to_torch(nnx.state(model, nnx.Param), cfg), strict=True)
+    return twin.eval()

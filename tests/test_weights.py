@@ -157,17 +157,3 @@ def test_init_from_junk_is_a_one_line_error(toy_store, tmp_path, capsys, speedru
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(junk) in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
-
-
-def test_upstream_export_loads_the_way_upstreams_trainer_loads_it(toy_track, tmp_path):
-    from jax_nano.speedrun import speedrun
-
-    summary = speedrun(toy_track(max_steps=2), results_dir=tmp_path / "results", runs_dir=tmp_path / "runs",
-                       show_bar=False, export_to=tmp_path / "model.pt", export_format="upstream")
-    ckpt = torch.load(tmp_path / "model.pt", map_location="cpu", weights_only=False)
-    assert set(ckpt) == {"model_state_dict", "config", "metrics", "step"} and ckpt["step"] == summary["steps"]
-    assert ckpt["metrics"]["val_loss"] == summary["val_loss"] and ckpt["config"]["name"] == "tiny"
-    model = MinimalLLM(get_model_config("tiny"))
-    model.load_state_dict(ckpt["model_state_dict"])  # strict, as upstream does
-    jax_model, _ = load_model(run=summary["run"], runs_dir=tmp_path / "runs")
-    np.testing.assert_allclose(torch_logits(model.eval(), IDS), np.asarray(jax_model(IDS)), atol=1e-5)

@@ -11,21 +11,18 @@ from torch_ref.model import MinimalLLM
 
 
 def sample(logits_BV, generators, temperature: float, top_k: int, top_p: float):
-    """Next tokens (B,): argmax when temperature is 0, else a draw cut to top_k and top_p as in JAX."""
+    """Next tokens (B,): argmax when temperature is 0, else a draw cut to top_k and top_p as in JAX (only the
+    top_k candidates are sorted, not the whole vocabulary)."""
     logits_BV = logits_BV.float()
     if temperature == 0:
         return logits_BV.argmax(-1)
-    logits_BV = logits_BV / temperature
-    sorted_BV, _ = logits_BV.sort(dim=-1, descending=True)
-    k = top_k if 0 < top_k <= logits_BV.shape[-1] else logits_BV.shape[-1]
-    kth_B1 = sorted_BV[:, k - 1 : k]
-    sorted_BV = sorted_BV.masked_fill(sorted_BV < kth_B1, -torch.inf)
-    probs_BV = sorted_BV.softmax(-1)
-    before_BV = probs_BV.cumsum(-1) - probs_BV
-    cut_B1 = sorted_BV.masked_fill(before_BV >= top_p, torch.inf).min(-1, keepdim=True).values
-    logits_BV = logits_BV.masked_fill((logits_BV < cut_B1) | (logits_BV < kth_B1), -torch.inf)
-    probs_BV = logits_BV.softmax(-1)
-    return torch.cat([torch.multinomial(p[None], 1, generator=g)[0] for p, g in zip(probs_BV, generators)])
+    k = top_k if 0 < top_k < logits_BV.shape[-1] else logits_BV.shape[-1]
+    top_BK, ids_BK = (logits_BV / temperature).topk(k, dim=-1)
+    probs_BK = top_BK.softmax(-1)
+    # A token stays while the mass before it is below top_p (so the first one always stays).
+    probs_BK = probs_BK.masked_fill(probs_BK.cumsum(-1) - probs_BK >= top_p, 0.0)
+    picks_B1 = torch.stack([torch.multinomial(p, 1, generator=g) for p, g in zip(probs_BK, generators)])
+    return ids_BK.gather(-1, picks_B1)[:, 0]
 
 
 class Generator:
