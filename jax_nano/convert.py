@@ -4,6 +4,7 @@ Both directions only transpose (torch Linear is (out, in), a Flax kernel (in, ou
 the layer axis, so a round trip is bit-exact in any dtype.
 """
 
+import dataclasses
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -52,6 +53,13 @@ def save_torch(obj, path) -> None:
     tmp = path.with_name(path.name + ".tmp")
     torch.save(obj, tmp)
     tmp.replace(path)
+
+
+def upstream_checkpoint(state_dict: dict, cfg: ModelConfig, metrics: dict, step: int) -> dict:
+    """What upstream's trainer saves as `model.pt`, with plain values where it pickles its own config class,
+    so upstream's code loads it with `torch.load(...)["model_state_dict"]` and strict `load_state_dict`."""
+    return {"model_state_dict": state_dict, "config": dataclasses.asdict(cfg), "metrics": dict(metrics),
+            "step": int(step)}
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -103,6 +111,36 @@ def check_state_dict(state_dict: dict, cfg: ModelConfig) -> None:
     head = state_dict.get("lm_head.weight")
     if head is not None and not torch.equal(head, state_dict["token_embedding.weight"]):
         raise ConversionError("lm_head.weight differs from token_embedding.weight; the head must be tied")
+
+
+_SPLIT_NAMES = ("q_proj", "k_proj", "v_proj", "w_o")
+
+
+def is_fused(state_dict: dict) -> bool:
+    """Whether a state_dict holds upstream's fused `attention.qkvo_proj` instead of separate q/k/v/o."""
+    return any(k.endswith(".attention.qkvo_proj") for k in state_dict)
+
+
+def match_layout(state_dict: dict, cfg: ModelConfig) -> dict:
+    """The same weights in `cfg`'s attention layout: (q|k|v|o) rows fused into `qkvo_proj` or split out of it.
+
+    Both are slices of one matrix along the output axis, so either way is exact."""
+    if is_fused(state_dict) == cfg.fused_qkvo:
+        return state_dict
+    check_state_dict(state_dict, cfg.replace(fused_qkvo=not cfg.fused_qkvo))
+    d, kv = cfg.d_model, cfg.kv_dim
+    out = {}
+    for key, value in state_dict.items():
+        prefix, _, name = key.rpartition(".attention.")
+        if name == "qkvo_proj":
+            for part, w in zip(_SPLIT_NAMES, torch.split(value, [d, kv, kv, d], dim=0)):
+                out[f"{prefix}.attention.{part}.weight"] = w.clone()
+        elif cfg.fused_qkvo and name == "q_proj.weight":
+            out[f"{prefix}.attention.qkvo_proj"] = torch.cat(
+                [state_dict[f"{prefix}.attention.{part}.weight"] for part in _SPLIT_NAMES], dim=0)
+        elif not (cfg.fused_qkvo and name in {f"{part}.weight" for part in _SPLIT_NAMES}):
+            out[key] = value
+    return out
 
 
 def torch_to_jax(state_dict: dict, cfg: ModelConfig) -> dict:

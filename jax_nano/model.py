@@ -133,6 +133,18 @@ def check_attention_backend(cfg: ModelConfig) -> None:
                           "use attention auto or xla")
 
 
+def rope_at(pos_T, head_dim: int, base: float):
+    """`rope_tables` at arbitrary positions (T,): cos/sin of shape (T, head_dim/2)."""
+    inv_freq = base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+    angles_TP = pos_T.astype(jnp.float32)[:, None] * inv_freq[None, :]
+    return jnp.cos(angles_TP), jnp.sin(angles_TP)
+
+
+def apply_rope_rows(x_BTNH, cos_BTP, sin_BTP):
+    """`apply_rope` with positions of its own for every row (left-padded batches)."""
+    return jax.vmap(lambda x, c, s: apply_rope(x[None], c, s)[0])(x_BTNH, cos_BTP, sin_BTP)
+
+
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -172,6 +184,23 @@ class Attention(nnx.Module):
         )
         return out_proj(a_BTNH.reshape(B, T, cfg.d_model))
 
+    def cached(self, x_BTD, cos_BTP, sin_BTP, kv, start, mask_BTS):
+        """Attention of T new positions written at cache slots [start, start+T) of this layer's
+        `kv` = (k_BSKH, v_BSKH), over the slots `mask_BTS` allows. Returns (output, updated kv)."""
+        cfg = self.cfg
+        B, T, _ = x_BTD.shape
+        q, k, v, out_proj = self._project(x_BTD)
+        q_BTNH = apply_rope_rows(self.q_norm(q.reshape(B, T, cfg.n_heads, cfg.head_dim)), cos_BTP, sin_BTP)
+        k_BTKH = apply_rope_rows(self.k_norm(k.reshape(B, T, cfg.n_kv_heads, cfg.head_dim)), cos_BTP, sin_BTP)
+        v_BTKH = v.reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
+        k_BSKH = jax.lax.dynamic_update_slice_in_dim(kv[0], k_BTKH.astype(kv[0].dtype), start, axis=1)
+        v_BSKH = jax.lax.dynamic_update_slice_in_dim(kv[1], v_BTKH.astype(kv[1].dtype), start, axis=1)
+        a_BTNH = jax.nn.dot_product_attention(
+            q_BTNH, k_BSKH.astype(q_BTNH.dtype), v_BSKH.astype(q_BTNH.dtype), mask=mask_BTS[:, None],
+            scale=1.0 / math.sqrt(cfg.head_dim), implementation="xla",
+        )
+        return out_proj(a_BTNH.reshape(B, T, cfg.d_model)), (k_BSKH, v_BSKH)
+
 
 class FeedForward(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
@@ -200,6 +229,12 @@ class Block(nnx.Module):
         dtype = self.attention.cfg.compute_dtype
         x_BTD = x_BTD + self.attention(self.norm1(x_BTD, dtype), cos_TP, sin_TP)
         return x_BTD + self.feed_forward(self.norm2(x_BTD, dtype))
+
+    def cached(self, x_BTD, cos_BTP, sin_BTP, kv, start, mask_BTS):
+        dtype = self.attention.cfg.compute_dtype
+        a_BTD, kv = self.attention.cached(self.norm1(x_BTD, dtype), cos_BTP, sin_BTP, kv, start, mask_BTS)
+        x_BTD = x_BTD + a_BTD
+        return x_BTD + self.feed_forward(self.norm2(x_BTD, dtype)), kv
 
 
 def block_step(graphdef, cfg: ModelConfig):
@@ -256,6 +291,28 @@ class GPT(nnx.Module):
     def __call__(self, ids_BT):
         """Logits (B, T, V)."""
         return self.logits(self.hidden(ids_BT))
+
+    def hidden_cached(self, ids_BT, pos_BT, cache_k, cache_v, start, mask_BTS):
+        """`hidden` for T new tokens at per-row positions `pos_BT`, with a KV cache of every layer
+        (cache_k, cache_v: (L, B, S, n_kv_heads, head_dim)) written at slots [start, start+T) and read where
+        `mask_BTS` allows. Returns (hidden (B, T, D), cache_k, cache_v)."""
+        cfg = self.cfg
+        with matmul_precision(cfg.compute_dtype):
+            cos_BTP, sin_BTP = jax.vmap(lambda p: rope_at(p, cfg.head_dim, cfg.rope_base))(pos_BT)
+            x_BTD = self.token_embedding(ids_BT) * jnp.asarray(math.sqrt(cfg.d_model), _dtype(cfg.param_dtype))
+
+            # The caches ride in the carry and each layer updates its slice in place (a scan output would copy
+            # the whole cache every step).
+            @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
+            def run_blocks(carry, block, layer):
+                x_BTD, k_LBSKH, v_LBSKH = carry
+                x_BTD, (k_BSKH, v_BSKH) = block.cached(x_BTD, cos_BTP, sin_BTP, (k_LBSKH[layer], v_LBSKH[layer]),
+                                                        start, mask_BTS)
+                return x_BTD, k_LBSKH.at[layer].set(k_BSKH), v_LBSKH.at[layer].set(v_BSKH)
+
+            x_BTD, cache_k, cache_v = run_blocks((x_BTD, cache_k, cache_v), self.transformer_blocks,
+                                                 jnp.arange(cfg.n_layers))
+            return self.norm(x_BTD), cache_k, cache_v
 
 
 def _nll(logits_NV, labels_N):

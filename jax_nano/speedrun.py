@@ -14,8 +14,10 @@ from configs.errors import UserError
 from configs.model import get_model_config
 from configs.tracks import Track
 from jax_nano import data, loop, report
-from jax_nano.convert import save_torch
+from jax_nano.convert import save_torch, upstream_checkpoint
 from jax_nano.eligibility import check as eligibility
+
+EXPORT_FORMATS = ("plain", "upstream")
 
 
 class RunError(UserError):
@@ -81,17 +83,22 @@ def choose_mesh(track: Track, mesh: str | None):
 
 
 def speedrun(track: Track, *, run_name: str | None = None, results_dir="results", runs_dir="runs", resume=False,
-             stop_after: int | None = None, init_from=None, export_to=None, show_bar=True,
+             stop_after: int | None = None, init_from=None, export_to=None, export_format="plain", show_bar=True,
              mesh: str | None = None, save_final: bool = True) -> dict:
     """Run `track`; returns the summary (also written to results/<run>.json), or a partial one when stopped by
     `stop_after` (then a checkpoint lets `resume=True` continue). `save_final=False` skips the end-of-run
     checkpoint (a benchmark that only wants the figures).
+
+    `export_to`: the final weights as a PyTorch file, `export_format` "plain" (a state_dict) or "upstream"
+    (upstream's trainer's `model.pt`: {"model_state_dict", "config", "metrics", "step"}).
 
     `mesh` ("data=N,fsdp=M", jax_nano/sharding.py): the devices to train on; default every device on the data
     axis. Under `jax.distributed` every process calls this alike: each loads only its share of each training
     batch (the validation batches, small, are read whole by every process and sharded the same way); only
     process 0 writes the results, the plot and the exported weights, and shows the progress bar."""
     run_name = run_name or f"{track.name}-{track.framework}"
+    if export_format not in EXPORT_FORMATS:
+        raise RunError(f"unknown export format {export_format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     built_mesh = choose_mesh(track, mesh)
     lead = jax.process_index() == 0
     share = {"process_index": jax.process_index(), "process_count": jax.process_count()}
@@ -110,9 +117,9 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     val_NBT = data.val_batches(store, track.batch_size, track.eval_batches)
     init_state_dict = None
     if init_from is not None:
-        import torch
+        from jax_nano.weights import fit_state_dict, read_state_dict
 
-        init_state_dict = torch.load(init_from, map_location="cpu", weights_only=True)
+        init_state_dict = fit_state_dict(read_state_dict(init_from), cfg, where=init_from)
 
     trainer = make_trainer(track, run_dir, init_state_dict, built_mesh)
     warm = data.TrainLoader(store, track.batch_size, track.seed, prefetch=0, **share)
@@ -149,6 +156,9 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     if export_to is not None:
         state_dict = trainer.export_state_dict()  # every process: a gather under a mesh
         if lead:
+            if export_format == "upstream":
+                metrics = {"train_loss": progress.losses[-1] if progress.losses else math.nan, **final}
+                state_dict = upstream_checkpoint(state_dict, trainer.cfg, metrics, progress.next_step)
             save_torch(state_dict, export_to)
 
     summary = summarize(track, trainer, progress, final, setup_s, run_name, counter.count - compiles_before)

@@ -29,8 +29,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run-name", default=None, help="names results/<run>.* and runs/<run>/ (default TRACK-FRAMEWORK)")
     p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     p.add_argument("--stop-after", type=int, default=None, help="end this session after N steps, checkpointed")
-    p.add_argument("--init-from", default=None, help="PyTorch state_dict (upstream names) to start from")
+    p.add_argument("--init-from", default=None, help="PyTorch state_dict or upstream's model.pt to start from")
     p.add_argument("--export-torch", default=None, help="save the final weights as a PyTorch state_dict here")
+    p.add_argument("--export-format", default="plain", choices=("plain", "upstream"),
+                   help="--export-torch writes a bare state_dict (plain) or upstream's model.pt layout")
     p.add_argument("--record", action="store_true", help="append the result to LEADERBOARD.md")
     p.add_argument("--leaderboard", default=str(ROOT / "LEADERBOARD.md"), help=argparse.SUPPRESS)
     p.add_argument("--results-dir", default="results")
@@ -103,7 +105,8 @@ def main(argv=None) -> int:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     summary = speedrun.speedrun(track, run_name=args.run_name, results_dir=args.results_dir, runs_dir=args.runs_dir,
                                 resume=args.resume, stop_after=args.stop_after, init_from=args.init_from,
-                                export_to=args.export_torch, show_bar=not args.no_bar, mesh=mesh)
+                                export_to=args.export_torch, export_format=args.export_format,
+                                show_bar=not args.no_bar, mesh=mesh)
     if jax.process_index() != 0:
         return 0
     if not summary["finished"]:

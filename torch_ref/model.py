@@ -24,6 +24,13 @@ def rope_tables(seq_len: int, head_dim: int, base: float, device=None):
     return torch.cos(angles_TP), torch.sin(angles_TP)
 
 
+def rope_at(pos_BT, head_dim: int, base: float):
+    """`rope_tables` at arbitrary positions (B, T): cos/sin of shape (B, T, head_dim/2)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=pos_BT.device) / head_dim)
+    angles_BTP = pos_BT.float()[..., None] * inv_freq
+    return torch.cos(angles_BTP), torch.sin(angles_BTP)
+
+
 def apply_rope(x_BNTH, cos_TP, sin_TP):
     """Interleaved RoPE: dims (0,1), (2,3), ... rotate together (not the rotate-half layout)."""
     x = x_BNTH.float().reshape(*x_BNTH.shape[:-1], -1, 2)
@@ -67,6 +74,23 @@ class MultiHeadAttention(nn.Module):
         )
         return out_proj(a_BNTH.transpose(1, 2).reshape(B, T, cfg.d_model))
 
+    def cached(self, x_BTD, cos_B1TP, sin_B1TP, k_BKSH, v_BKSH, start: int, mask_BTS):
+        """Attention of T new positions written, in place, at slots [start, start+T) of this layer's cache
+        (k_BKSH, v_BKSH), over the slots `mask_BTS` allows."""
+        cfg = self.cfg
+        B, T, _ = x_BTD.shape
+        q, k, v, out_proj = self._project(x_BTD)
+        q_BNTH = apply_rope(self.q_norm(q.view(B, T, cfg.n_heads, cfg.head_dim)).transpose(1, 2), cos_B1TP, sin_B1TP)
+        k_BKTH = apply_rope(self.k_norm(k.view(B, T, cfg.n_kv_heads, cfg.head_dim)).transpose(1, 2), cos_B1TP,
+                            sin_B1TP)
+        k_BKSH[:, :, start:start + T] = k_BKTH
+        v_BKSH[:, :, start:start + T] = v.view(B, T, cfg.n_kv_heads, cfg.head_dim).transpose(1, 2)
+        a_BNTH = F.scaled_dot_product_attention(
+            q_BNTH, k_BKSH.type_as(q_BNTH), v_BKSH.type_as(q_BNTH), attn_mask=mask_BTS[:, None],
+            scale=1.0 / math.sqrt(cfg.head_dim), enable_gqa=True,
+        )
+        return out_proj(a_BNTH.transpose(1, 2).reshape(B, T, cfg.d_model))
+
 
 class FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -97,6 +121,10 @@ class TransformerBlock(nn.Module):
         x_BTD = x_BTD + self.attention(self.norm1(x_BTD), cos_TP, sin_TP)
         return x_BTD + self.feed_forward(self.norm2(x_BTD))
 
+    def cached(self, x_BTD, cos_B1TP, sin_B1TP, k_BKSH, v_BKSH, start: int, mask_BTS):
+        x_BTD = x_BTD + self.attention.cached(self.norm1(x_BTD), cos_B1TP, sin_B1TP, k_BKSH, v_BKSH, start, mask_BTS)
+        return x_BTD + self.feed_forward(self.norm2(x_BTD))
+
 
 class MinimalLLM(nn.Module):
     def __init__(self, cfg: ModelConfig):
@@ -122,6 +150,18 @@ class MinimalLLM(nn.Module):
         x_BTD = self.token_embedding(ids_BT) * math.sqrt(cfg.d_model)
         for block in self.transformer_blocks:
             x_BTD = block(x_BTD, cos_TP, sin_TP)
+        return self.lm_head(self.norm(x_BTD))
+
+    def forward_cached(self, ids_BT, pos_BT, cache_k, cache_v, start: int, mask_BTS):
+        """Logits (B, T, V) of T new tokens at per-row positions `pos_BT`, with a KV cache of every layer
+        (cache_k, cache_v: (L, B, n_kv_heads, S, head_dim)) written in place at slots [start, start+T) and
+        read where `mask_BTS` allows."""
+        cfg = self.cfg
+        cos_BTP, sin_BTP = rope_at(pos_BT, cfg.head_dim, cfg.rope_base)
+        x_BTD = self.token_embedding(ids_BT) * math.sqrt(cfg.d_model)
+        for layer, block in enumerate(self.transformer_blocks):
+            x_BTD = block.cached(x_BTD, cos_BTP[:, None], sin_BTP[:, None], cache_k[layer], cache_v[layer], start,
+                                 mask_BTS)
         return self.lm_head(self.norm(x_BTD))
 
 

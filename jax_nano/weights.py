@@ -1,0 +1,254 @@
+"""Trained weights in, from anywhere the project meets them: a run's orbax checkpoint, a PyTorch state_dict
+(ours, or upstream's trainer's `model.pt`), or a fresh model of a preset.
+
+Upstream's `model.pt` is `{"model_state_dict", "config", "metrics", "step"}` where `config` is a pickled
+dataclass of upstream's own module `configs.llm_config`. It is read with a restricted unpickler: tensors,
+containers and plain values are rebuilt; any other class or function the file names becomes an inert
+`Opaque` record of its pickled state, so nothing of upstream's code is imported or run. Only the tensors
+are used; the model's shape is inferred from them, not from the pickled config.
+"""
+
+import pickle
+import types
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import jax
+import numpy as np
+import torch
+
+from configs.errors import UserError
+from configs.model import PRESETS, ModelConfig, get_model_config
+from jax_nano.convert import ConversionError, check_state_dict, is_fused, match_layout
+
+COMPILE_PREFIX = "_orig_mod."  # what torch.compile puts in front of every parameter name
+
+
+class WeightsError(UserError, ValueError):
+    """Weights that cannot be read or do not fit; one line naming the file and the problem."""
+
+
+class Opaque:
+    """A pickled object of a class this reader does not trust: its recorded arguments and state, no code."""
+
+    origin = "?"
+
+    def __new__(cls, *args, **kwargs):
+        obj = super().__new__(cls)
+        obj.args, obj.state = args, None
+        return obj
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self):
+        return f"Opaque({self.origin})"
+
+
+def _trusted_globals() -> dict:
+    """The globals a torch.save'd state_dict needs: tensor rebuilders, dtypes, sizes, ordered dicts."""
+    trusted = {("collections", "OrderedDict"): OrderedDict, ("torch", "Size"): torch.Size,
+               ("torch", "device"): torch.device,
+               ("torch.nn.parameter", "Parameter"): torch.nn.Parameter}
+    for name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state"):
+        trusted[("torch._utils", name)] = getattr(torch._utils, name)
+    for name in dir(torch):
+        if isinstance(getattr(torch, name), torch.dtype):
+            trusted[("torch", name)] = getattr(torch, name)
+    return trusted
+
+
+_TRUSTED = _trusted_globals()
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _TRUSTED:
+            return _TRUSTED[(module, name)]
+        return type(name, (Opaque,), {"origin": f"{module}.{name}"})
+
+
+def _restricted_load(file, **kwargs):
+    return _RestrictedUnpickler(file, **kwargs).load()
+
+
+# What torch.load calls for its `pickle_module`: the storages come through torch's own persistent_load.
+_RESTRICTED_PICKLE = types.SimpleNamespace(__name__="restricted_pickle", Unpickler=_RestrictedUnpickler,
+                                           load=_restricted_load)
+
+
+def plain(obj):
+    """Opaque records turned into dicts (their pickled state), recursively: what a config or metrics held."""
+    if isinstance(obj, Opaque):
+        return plain(obj.state) if isinstance(obj.state, dict) else {"args": plain(list(obj.args))}
+    if isinstance(obj, dict):
+        return {k: plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(plain(v) for v in obj)
+    return obj
+
+
+def _first_line(e: Exception) -> str:
+    """The exception's first sentence: enough to say what broke, on one line."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0].split('. ')[0][:160]}" if text else type(e).__name__
+
+
+def read_checkpoint(path) -> dict:
+    """The whole file as plain values: `{"model_state_dict": {name: tensor}, "config", "metrics", "step"}`
+    (the last three None for a bare state_dict). Names lose the `_orig_mod.` prefix of torch.compile."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such file; pass a PyTorch state_dict or upstream's model.pt")
+    if path.stat().st_size == 0:
+        raise WeightsError(f"{path}: the file is empty; pass a PyTorch state_dict or upstream's model.pt")
+    try:
+        obj = torch.load(path, map_location="cpu", pickle_module=_RESTRICTED_PICKLE, weights_only=False)
+    except Exception as e:  # torch, zipfile and pickle raise many types for a file that is not a checkpoint
+        with path.open("rb") as f:
+            zipped = f.read(2) == b"PK"  # torch.save writes a zip archive: this one is cut or corrupted
+        what = "is truncated or damaged" if zipped or zipfile.is_zipfile(path) else "is not a PyTorch checkpoint"
+        raise WeightsError(f"{path}: {what} ({_first_line(e)}); pass a file written by torch.save "
+                           "(a state_dict or upstream's model.pt)") from None
+    extras = {"config": None, "metrics": None, "step": None}
+    if isinstance(obj, dict) and "model_state_dict" in obj:
+        extras = {k: plain(obj.get(k)) for k in extras}
+        obj = obj["model_state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
+        raise WeightsError(f"{path}: holds no state_dict (a dict of tensors, or upstream's "
+                           f"{{'model_state_dict': ...}}); pass a model checkpoint")
+    state_dict = {k.removeprefix(COMPILE_PREFIX): v for k, v in obj.items()}
+    return {"model_state_dict": state_dict, **extras}
+
+
+def read_state_dict(path) -> dict:
+    """Parameter name -> tensor from ours or upstream's file, without the `_orig_mod.` prefix."""
+    return read_checkpoint(path)["model_state_dict"]
+
+
+def infer_config(state_dict: dict, where="state_dict") -> ModelConfig:
+    """The preset whose shapes the tensors have, in the file's attention layout (fused or not)."""
+    try:
+        vocab, d = state_dict["token_embedding.weight"].shape
+        blocks = {int(k.split(".")[1]) for k in state_dict if k.startswith("transformer_blocks.")}
+        head_dim = state_dict["transformer_blocks.0.attention.q_norm.weight"].shape[0]
+        d_ff = state_dict["transformer_blocks.0.feed_forward.up_proj.weight"].shape[0]
+    except (KeyError, ValueError, IndexError) as e:
+        raise WeightsError(f"{where}: not a Blueberry model's state_dict ({_first_line(e)})") from None
+    mlp = "swiglu" if "transformer_blocks.0.feed_forward.gate_proj.weight" in state_dict else "relu2"
+    found = (d, len(blocks), d // head_dim, d_ff, vocab, mlp)
+    for cfg in PRESETS.values():
+        if (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.vocab_size, cfg.mlp) == found:
+            return cfg.replace(fused_qkvo=is_fused(state_dict))
+    raise WeightsError(f"{where}: no preset has these shapes (d_model={d}, n_layers={len(blocks)}, d_ff={d_ff}, "
+                       f"vocab={vocab}, mlp={mlp}); choose one of {', '.join(PRESETS)}")
+
+
+def fit_state_dict(state_dict: dict, cfg: ModelConfig, where="state_dict") -> dict:
+    """The state_dict in `cfg`'s attention layout, checked against its shapes; a one-line error otherwise."""
+    try:
+        state_dict = match_layout(state_dict, cfg)
+        check_state_dict(state_dict, cfg)
+    except ConversionError as e:
+        raise WeightsError(f"{where}: {e}") from None
+    # The tied head is one tensor; a file may leave out its second name, a strict PyTorch load wants it.
+    return {"lm_head.weight": state_dict["token_embedding.weight"], **state_dict}
+
+
+def _unwrap(tree):
+    """nnx's saved {"value": array} leaves -> arrays (the layout of `nnx.to_pure_dict`)."""
+    if isinstance(tree, dict):
+        return tree["value"] if set(tree) == {"value"} else {k: _unwrap(v) for k, v in tree.items()}
+    return tree
+
+
+def restore_params(run_dir) -> tuple[dict, dict]:
+    """(params as a nested dict of numpy arrays, the checkpoint's fingerprint) of a run's latest orbax
+    checkpoint (runs/NAME/checkpoints/STEP/{state,meta}); the optimizer state is not read."""
+    import orbax.checkpoint as ocp
+
+    ckpt_dir = Path(run_dir).absolute() / "checkpoints"
+    if not ckpt_dir.is_dir():
+        raise WeightsError(f"{run_dir}: no such run (no checkpoints directory); pass the name of a run trained "
+                           "here (--run-name), or --runs-dir where it lives")
+    with ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(create=False)) as mgr:
+        step = mgr.latest_step()
+        if step is None:
+            raise WeightsError(f"{run_dir}: the run has no finished checkpoint yet")
+        where = ckpt_dir / str(step)
+        try:
+            fingerprint = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"][
+                "fingerprint"]
+        except Exception as e:  # orbax raises many types for a damaged directory
+            raise WeightsError(f"{where}: unreadable checkpoint ({_first_line(e)})") from None
+    try:
+        checkpointer = ocp.PyTreeCheckpointer()
+        item = {"params": checkpointer.metadata(where / "state").item_metadata["params"]}
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+        tree = checkpointer.restore(where / "state", args=ocp.args.PyTreeRestore(
+            item=item, restore_args=restore_args, partial_restore=True))
+    except Exception as e:
+        raise WeightsError(f"{where}: unreadable checkpoint ({_first_line(e)})") from None
+    return _unwrap(tree["params"]), fingerprint
+
+
+def load_model(*, run=None, state_dict=None, preset=None, runs_dir="runs", compute_dtype="float32"):
+    """(GPT, ModelConfig) from the latest checkpoint of runs_dir/`run`, from a PyTorch state_dict file
+    (`state_dict`; its preset inferred from the shapes unless `preset` names one), or fresh of `preset`.
+    Parameters are float32 whatever they were saved in; `compute_dtype` is the matmul dtype."""
+    from flax import nnx
+
+    from jax_nano.convert import load_params, torch_to_jax
+    from jax_nano.model import GPT
+
+    if sum(x is not None for x in (run, state_dict)) > 1 or (run is None and state_dict is None and preset is None):
+        raise WeightsError("choose the weights: a run, a state_dict file, or a preset for a fresh model")
+    if run is not None:
+        params, fingerprint = restore_params(Path(runs_dir) / run)
+        cfg = get_model_config(preset or fingerprint["model"])
+    elif state_dict is not None:
+        tensors = read_state_dict(state_dict)
+        if preset is None:
+            cfg = infer_config(tensors, where=state_dict)
+        else:
+            cfg = get_model_config(preset).replace(fused_qkvo=is_fused(tensors))
+        params = torch_to_jax(fit_state_dict(tensors, cfg, where=state_dict), cfg)
+    else:
+        cfg, params = get_model_config(preset), None
+    cfg = cfg.replace(compute_dtype=compute_dtype, param_dtype="float32", loss_chunk=0)
+    if params is None:
+        return GPT(cfg, rngs=nnx.Rngs(0)), cfg
+    # Shapes only: the loaded weights replace every parameter, so none is initialized.
+    model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
+    _check_shapes(params, nnx.to_pure_dict(nnx.state(model, nnx.Param)), run or state_dict, cfg)
+    load_params(model, params)
+    return model, cfg
+
+
+def _check_shapes(params: dict, expected: dict, where, cfg: ModelConfig) -> None:
+    def shapes(tree):
+        flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+        return {jax.tree_util.keystr(path): tuple(x.shape) for path, x in flat}
+
+    got, want = shapes(params), shapes(expected)
+    for name in sorted(set(got) | set(want)):
+        if got.get(name) != want.get(name):
+            raise WeightsError(f"{where}: parameter {name} has shape {got.get(name)}, model {cfg.name!r} needs "
+                               f"{want.get(name)}; choose the preset the weights were trained with")
+
+
+def to_torch_model(model, cfg: ModelConfig):
+    """The PyTorch twin (`torch_ref.model.MinimalLLM`) of a jax-nano model, with the same weights."""
+    from flax import nnx
+
+    from jax_nano.convert import jax_to_torch
+    from torch_ref.model import MinimalLLM
+
+    twin = MinimalLLM(cfg)
+    twin.load_state_dict(jax_to_torch(nnx.state(model, nnx.Param), cfg), strict=True)
+    return twin.eval()

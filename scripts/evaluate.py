@@ -1,0 +1,96 @@
+"""Benchmark scores of a model through lm-evaluation-harness; writes results/eval-<name>.{md,json}.
+
+    python scripts/evaluate.py --run 4.5loss-jax                       # the default suite (needs the Hub)
+    python scripts/evaluate.py --run 4.5loss-jax --tasks hellaswag,piqa --limit 200
+    python scripts/evaluate.py --state-dict model.pt --framework torch --tasks arc_easy
+    python scripts/evaluate.py --model tiny --include-path my_tasks --tasks my_task   # a fresh model, local task
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from configs.model import PRESETS, ConfigError  # noqa: E402
+from jax_nano.cli import run_main  # noqa: E402
+
+
+def parser() -> argparse.ArgumentParser:
+    from jax_nano.harness import DEFAULT_TASKS
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    w = p.add_argument_group("the weights (one of)")
+    w.add_argument("--run", default=None, help="the latest checkpoint of runs/NAME")
+    w.add_argument("--state-dict", default=None, metavar="PATH", help="a PyTorch state_dict (ours or upstream's)")
+    w.add_argument("--model", default=None, help=f"a fresh model of this preset ({', '.join(PRESETS)}); with\n"
+                                                   "--state-dict, the preset its shapes must fit")
+    p.add_argument("--tasks", default=None, help=f"comma-separated harness tasks (default {','.join(DEFAULT_TASKS)})")
+    p.add_argument("--include-path", default=None, metavar="DIR", help="a directory of your own YAML tasks")
+    p.add_argument("--limit", type=float, default=None,
+                   help="at most N items per task (a fraction of each task when below 1)")
+    p.add_argument("--num-fewshot", type=int, default=None, help="examples in each prompt (default: the task's)")
+    p.add_argument("--batch-size", type=int, default=8, help="sequences scored at once (default 8)")
+    p.add_argument("--framework", default="jax", choices=("jax", "torch"), help="the model's framework (default jax)")
+    p.add_argument("--compute-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="matmul dtype (default float32)")
+    p.add_argument("--name", default=None,
+                   help="names results/eval-<name>.* (default: the run, the state_dict file's stem, or the preset)")
+    p.add_argument("--results-dir", default="results")
+    p.add_argument("--runs-dir", default="runs")
+    p.add_argument("--no-bar", action="store_true", help="no progress bar")
+    return p
+
+
+def output_name(args) -> str:
+    if args.name:
+        return args.name
+    if args.run:
+        return args.run
+    if args.state_dict:
+        return Path(args.state_dict).stem
+    return f"{args.model}-fresh"
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    if args.run is not None and args.state_dict is not None:
+        raise ConfigError("--run and --state-dict conflict: choose one source of weights")
+    if args.run is None and args.state_dict is None and args.model is None:
+        raise ConfigError("choose the weights: --run NAME, --state-dict PATH or --model PRESET (a fresh model)")
+    if args.limit is not None and args.limit <= 0:
+        raise ConfigError(f"--limit {args.limit:g} must be positive")
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size {args.batch_size} must be at least 1")
+
+    import jax
+
+    from jax_nano import harness
+
+    harness.require_lm_eval()
+    from jax_nano.lm_eval_model import JaxNanoLM
+
+    # A second evaluation of the same model compiles from this cache in seconds.
+    jax.config.update("jax_compilation_cache_dir",
+                      os.environ.get("JAX_NANO_CACHE", str(Path.home() / ".cache" / "jax-nano" / "xla")))
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(harness.DEFAULT_TASKS)
+    manager, built = harness.load_tasks(tasks, args.include_path)
+    lm = JaxNanoLM(run=args.run, state_dict=args.state_dict, preset=args.model, framework=args.framework,
+                   batch_size=args.batch_size, runs_dir=args.runs_dir, compute_dtype=args.compute_dtype,
+                   show_bar=not args.no_bar)
+    scores = harness.run_tasks(lm, built, manager=manager, limit=limit, num_fewshot=args.num_fewshot)
+    name = output_name(args)
+    md, js = harness.write(args.results_dir, name, scores)
+    print(harness.to_markdown(name, scores))
+    print(f"wrote {md} and {js}")
+    if args.run is not None:
+        summary = harness.link_summary(args.results_dir, args.run, js)
+        if summary is not None:
+            print(f"{summary} names them (eval_results)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main))
