@@ -59,22 +59,36 @@ def prefill_length(longest: int, room: int) -> int:
     return min(1 << max(longest - 1, 0).bit_length(), room)
 
 
+# top-k values up to this come from `lax.top_k` of this many candidates; larger ones (or none) sort the whole
+# vocabulary, which costs ~50x more on a CPU.
+TOP_K_FAST = 256
+
+
+def _cut(sorted_BC, top_k, top_p):
+    """The smallest logit kept (B,): within the top_k of the descending `sorted_BC`, the fewest tokens whose
+    probability reaches top_p (a token stays while the mass before it is below top_p, so the first always does)."""
+    count = sorted_BC.shape[-1]
+    kth_B = sorted_BC[:, jnp.clip(jnp.where(top_k > 0, top_k, count), 1, count) - 1]
+    sorted_BC = jnp.where(sorted_BC >= kth_B[:, None], sorted_BC, -jnp.inf)
+    probs_BC = jax.nn.softmax(sorted_BC, axis=-1)
+    before_BC = jnp.cumsum(probs_BC, axis=-1) - probs_BC
+    return jnp.maximum(jnp.min(jnp.where(before_BC < top_p, sorted_BC, jnp.inf), axis=-1), kth_B)
+
+
 def sample(logits_BV, keys_B, temperature, top_k, top_p):
     """Next tokens (B,): argmax when temperature is 0, else a draw from the temperature-scaled distribution
     cut to its top_k tokens (0: all) and to the smallest set whose probability reaches top_p."""
 
     def draw(logits_BV):
         logits_BV = logits_BV / temperature
-        sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
-        vocab = logits_BV.shape[-1]
-        kth_B = sorted_BV[:, jnp.clip(jnp.where(top_k > 0, top_k, vocab) - 1, 0, vocab - 1)]
-        sorted_BV = jnp.where(sorted_BV >= kth_B[:, None], sorted_BV, -jnp.inf)
-        probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
-        # A token stays while the mass before it is below top_p (so the first one always stays).
-        before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
-        kept_BV = jnp.where(before_BV < top_p, sorted_BV, jnp.inf)
-        cut_B = jnp.min(kept_BV, axis=-1)
-        logits_BV = jnp.where((logits_BV >= cut_B[:, None]) & (logits_BV >= kth_B[:, None]), logits_BV, -jnp.inf)
+        fast = min(TOP_K_FAST, logits_BV.shape[-1])
+        cut_B = jax.lax.cond(
+            (top_k > 0) & (top_k <= fast),
+            lambda x: _cut(jax.lax.top_k(x, fast)[0], top_k, top_p),
+            lambda x: _cut(jnp.sort(x, axis=-1)[:, ::-1], top_k, top_p),
+            logits_BV,
+        )
+        logits_BV = jnp.where(logits_BV >= cut_B[:, None], logits_BV, -jnp.inf)
         return jax.vmap(jax.random.categorical)(keys_B, logits_BV)
 
     logits_BV = logits_BV.astype(jnp.float32)

@@ -14,7 +14,7 @@ from configs.model import get_model_config
 from jax_nano import tokenizer
 from jax_nano.cli import run_main
 from jax_nano.convert import jax_to_torch
-from jax_nano.generate import GenerationError, Generator
+from jax_nano.generate import GenerationError, Generator, sample
 from jax_nano.model import GPT
 from jax_nano.speedrun import compile_counter, speedrun
 from jax_nano.weights import WeightsError, load_model, read_state_dict
@@ -212,3 +212,23 @@ def test_generate_cli_streams_text_and_refuses_a_prompt_longer_than_the_context(
     assert run_main(generate_main, [*argv, "--prompt", "One", "--prompt", "Two"]) == 0
     out = capsys.readouterr()
     assert "--- prompt 1 ---\nOne" in out.out and "--- prompt 2 ---\nTwo" in out.out, out.out
+
+
+def kept_tokens(logits_V, top_k, top_p) -> set:
+    """The rule, in numpy: the top_k most likely (0: all), then those whose preceding mass is below top_p."""
+    order = np.argsort(-logits_V)[: top_k or len(logits_V)]
+    probs = np.exp(logits_V[order] - logits_V[order].max())
+    probs /= probs.sum()
+    return set(order[np.cumsum(probs) - probs < top_p].tolist())
+
+
+@pytest.mark.parametrize("top_k, top_p", [(3, 1.0), (3, 0.8), (0, 0.95), (290, 0.95)],
+                         ids=["top-k", "top-k-and-top-p", "top-p", "top-k-past-the-fast-path"])
+def test_sampling_draws_exactly_the_tokens_the_cuts_keep(top_k, top_p):
+    logits_V = 3 * np.random.default_rng(0).normal(size=300).astype(np.float32)
+    expected = kept_tokens(logits_V, top_k, top_p)
+    assert 1 < len(expected) < 40
+    n = 4000
+    keys = jax.random.split(jax.random.key(0), n)
+    draws = np.asarray(jax.jit(sample)(np.tile(logits_V, (n, 1)), keys, 1.0, top_k, top_p))
+    assert set(draws.tolist()) == expected
