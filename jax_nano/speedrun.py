@@ -13,7 +13,7 @@ import jax
 from configs.errors import UserError
 from configs.model import get_model_config
 from configs.tracks import Track
-from jax_nano import data, loop, report
+from jax_nano import checksums, data, loop, report
 from jax_nano.convert import save_torch
 from jax_nano.eligibility import check as eligibility
 
@@ -82,10 +82,11 @@ def choose_mesh(track: Track, mesh: str | None):
 
 def speedrun(track: Track, *, run_name: str | None = None, results_dir="results", runs_dir="runs", resume=False,
              stop_after: int | None = None, init_from=None, export_to=None, show_bar=True,
-             mesh: str | None = None, save_final: bool = True) -> dict:
+             mesh: str | None = None, save_final: bool = True, fallback: bool = False) -> dict:
     """Run `track`; returns the summary (also written to results/<run>.json), or a partial one when stopped by
     `stop_after` (then a checkpoint lets `resume=True` continue). `save_final=False` skips the end-of-run
-    checkpoint (a benchmark that only wants the figures).
+    checkpoint (a benchmark that only wants the figures). `fallback`: when the newest checkpoint fails its
+    checksums, resume from the newest that verifies (jax_nano/checkpoint.py `choose`) instead of stopping.
 
     `mesh` ("data=N,fsdp=M", jax_nano/sharding.py): the devices to train on; default every device on the data
     axis. Under `jax.distributed` every process calls this alike: each loads only its share of each training
@@ -96,7 +97,10 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     lead = jax.process_index() == 0
     share = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     run_dir, results_dir = Path(runs_dir) / run_name, Path(results_dir)
-    has_checkpoints = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+    # Only finished checkpoints count: a save cut short leaves temporary files, not a checkpoint.
+    folder = run_dir / "checkpoints"
+    has_checkpoints = folder.is_dir() and any(p.name.isdigit() or p.name.removesuffix(".pt").isdigit()
+                                              for p in folder.iterdir())
     if resume and not has_checkpoints:
         raise RunError(f"--resume: run {run_name!r} has no checkpoint in {run_dir}; start it without --resume")
     if not resume and has_checkpoints:
@@ -117,7 +121,7 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     trainer = make_trainer(track, run_dir, init_state_dict, built_mesh)
     warm = data.TrainLoader(store, track.batch_size, track.seed, prefetch=0, **share)
     setup_s = trainer.setup([warm.batch(i) for i in range(track.warmup_steps)], val_NBT)
-    progress = trainer.restore() if resume else loop.Progress()
+    progress = trainer.restore(fallback=fallback) if resume else loop.Progress()
     loader = data.TrainLoader(store, track.batch_size, track.seed, start_step=progress.next_step, **share)
     counter = compile_counter()
     compiles_before = counter.count
@@ -129,8 +133,10 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
                                     stop_after=stop_after, show_bar=show_bar and lead)
             except loop.NonFiniteLoss as e:
                 # A checkpoint taken after k steps holds the weights that gave step k's loss.
-                trainer.discard_checkpoints(from_step=e.step)
-                raise
+                kept = trainer.discard_checkpoints(from_step=e.step)
+                raise loop.NonFiniteLoss(e.step, e.loss, kept=(
+                    f"kept the checkpoint of step {kept}, the newest that verifies" if kept is not None
+                    else "no verified checkpoint of an earlier step is kept")) from None
             counter.active = False
             if not loop.finished(track, progress):
                 trainer.save(progress)
@@ -146,12 +152,14 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     if save_final:
         trainer.save(progress)
     trainer.close()
-    if export_to is not None:
-        state_dict = trainer.export_state_dict()  # every process: a gather under a mesh
-        if lead:
-            save_torch(state_dict, export_to)
+    state_dict = trainer.export_state_dict()  # every process: a gather under a mesh
+    if lead and export_to is not None:
+        save_torch(state_dict, export_to)
+    digests = {"weights_sha256": checksums.weights_sha256(state_dict) if lead else None,
+               "data_sha256": store.header["sha256"], "data_header_sha256": store.header_sha256}
 
     summary = summarize(track, trainer, progress, final, setup_s, run_name, counter.count - compiles_before)
+    summary.update(digests)
     if not lead:
         return summary
     report.write_json_atomic(results_dir / f"{run_name}.json", summary)
