@@ -448,6 +448,7 @@ def load_local(path, rows: int | None = None):
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p} does not exist; pass a save_to_disk directory, parquet/JSONL files, or text files")
+    json_lines = []
     try:
         if (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file():
             state = p / "state.json"
@@ -465,17 +466,49 @@ def load_local(path, rows: int | None = None):
                 "json": [f for f in files if f.suffix in (".jsonl", ".json")],
             }
             kind = next((k for k, v in kinds.items() if v), None)
+            json_lines = [f for f in kinds["json"] if f.suffix == ".jsonl"] if kind == "json" else []
             if kind is None:
                 raise DataError(f"{p} has no parquet or JSONL files and is not a save_to_disk directory")
-            ds = datasets.load_dataset(kind, data_files=[str(f) for f in kinds[kind]], split="train")
+            if kind == "json" and not any(_has_text(f) for f in kinds[kind]):
+                raise DataError(f"{p} holds no rows (its JSON files are empty); check the path")
+            verbosity = datasets.logging.get_verbosity()
+            datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # the one-line error below says it all
+            try:
+                ds = datasets.load_dataset(kind, data_files=[str(f) for f in kinds[kind]], split="train")
+            finally:
+                datasets.logging.set_verbosity(verbosity)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - datasets raises many unrelated types for unreadable input
+        bad_line = _first_bad_json_line(json_lines)
+        if bad_line:
+            raise DataError(f"could not read {p} as a dataset: {bad_line}") from None
         msg = str(e).splitlines()[0] if str(e) else ""
         raise DataError(f"could not read {p} as a dataset: {e.__class__.__name__} {msg}".rstrip()) from None
     if rows:
         ds = ds.select(range(min(rows, len(ds))))
     return ds
+
+
+def _has_text(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return any(line.strip() for line in f)
+
+
+def _first_bad_json_line(files) -> str | None:
+    """Where a JSON Lines file stops being one JSON object per line, to name it when `datasets` cannot read it."""
+    for path in files:
+        with open(path, "rb") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as e:
+                    return f"{path} line {n} is not JSON ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
+                if not isinstance(row, dict):
+                    return f"{path} line {n} is not a JSON object"
+    return None
 
 
 def dataset_chunks(ds, *, seq_len: int, batch_rows: int = 1024) -> Iterable[np.ndarray]:

@@ -122,6 +122,8 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     warm = data.TrainLoader(store, track.batch_size, track.seed, prefetch=0, **share)
     setup_s = trainer.setup([warm.batch(i) for i in range(track.warmup_steps)], val_NBT)
     progress = trainer.restore(fallback=fallback) if resume else loop.Progress()
+    if progress is None:  # only something else under a checkpoint's name, e.g. a file named 4 in a JAX run
+        raise RunError(f"--resume: run {run_name!r} has no checkpoint {trainer.framework} can read in {run_dir}")
     loader = data.TrainLoader(store, track.batch_size, track.seed, start_step=progress.next_step, **share)
     counter = compile_counter()
     compiles_before = counter.count

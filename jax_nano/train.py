@@ -227,6 +227,7 @@ class JaxTrainer:
     def close(self):
         if self._manager is not None:
             self._manager.close()
+            self._manager = None
 
     def fingerprint(self) -> dict:
         return ckpt.fingerprint(self.track, self.cfg)
