@@ -498,16 +498,19 @@ def _has_text(path: Path) -> bool:
 def _first_bad_json_line(files) -> str | None:
     """Where a JSON Lines file stops being one JSON object per line, to name it when `datasets` cannot read it."""
     for path in files:
-        with open(path, "rb") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as e:
-                    return f"{path} line {n} is not JSON ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
-                if not isinstance(row, dict):
-                    return f"{path} line {n} is not a JSON object"
+        try:
+            with open(path, "rb") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError as e:
+                        return f"{path} line {n} is not JSON ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
+                    if not isinstance(row, dict):
+                        return f"{path} line {n} is not a JSON object"
+        except OSError as e:
+            return f"{path} cannot be read ({e.strerror})"
     return None
 
 

@@ -104,7 +104,6 @@ def test_every_damaged_checkpoint_file_is_refused_or_resumed_exactly(trained, tm
     newest = folder / "6" if trained["framework"] == "jax" else folder
     files = sorted(p for p in newest.rglob("*") if p.is_file() and (newest != folder or p.name.startswith("6.")))
     assert len(files) >= (10 if trained["framework"] == "jax" else 2), files
-    outcomes = []
     for i, target in enumerate(files):
         for fault, damage in FAULTS.items():
             case = tmp_path / f"{i}-{fault}"
@@ -118,32 +117,19 @@ def test_every_damaged_checkpoint_file_is_refused_or_resumed_exactly(trained, tm
             except CheckpointError as e:
                 message = str(e)
                 assert "\n" not in message and "of step 6 fails verification" in message, (what, message)
-                assert str(damaged) in message or str(_manifest_of(damaged)) in message, (what, message)
+                assert str(damaged) in message, (what, message)
                 assert f"step 4 verifies: pass {FALLBACK_FLAG}" in message, (what, message)
                 assert snapshot(case) == before, f"{what}: a refused resume changed the run's files"
                 resumed_from, weights = resume_and_finish(trainer, case, store, fallback=True)
                 assert resumed_from == 4, what
                 assert any((case / "damaged-checkpoints").iterdir()), f"{what}: the failing checkpoint was not kept"
-                outcomes.append((what, "refused; fallback resumed from step 4"))
             else:
                 if damaged.name == "6.pt" and fault == "deleted":  # no checkpoint of step 6 any more
                     assert resumed_from == 4, what
                 else:  # orbax writes these after the checksums; they hold no state
                     assert damaged.name in ("_CHECKPOINT_METADATA", "commit_success.txt"), what
                     assert damaged.parent.name == "6" and resumed_from == 6, what
-                outcomes.append((what, f"resumed from step {resumed_from}"))
             assert same_weights(weights, trained["final"]), f"{what}: weights differ from the uninterrupted run"
-    assert len(outcomes) == 3 * len(files)
-
-
-def _manifest_of(path: Path) -> Path:
-    """The checksums file that covers `path` (its own name for a checksums file)."""
-    if path.name.endswith("checksums.json"):
-        return path
-    if path.suffix == ".pt":
-        return path.with_name(path.stem + ".checksums.json")
-    step = next(p for p in path.parents if p.name.isdigit())
-    return step / "checksums.json"
 
 
 def test_checkpoints_without_checksums_are_refused(trained, tmp_path):
@@ -206,9 +192,14 @@ def test_run_killed_inside_a_checkpoint_save_resumes_exactly(trained, tmp_path):
         assert any((folder / "4.orbax-checkpoint-tmp" / "state").rglob("*")), "the save had not begun writing"
     else:
         assert "4.pt.tmp" in names and "4.pt" not in names and "2.pt" in names, names
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "speedrun.py"), *flags, "--resume"], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "fails verification" not in out.stderr, out.stderr
-    summary = json.loads((tmp_path / "results" / "killed.json").read_text())
+    if framework == "jax":  # from the command line: it compiles from the cache the killed run filled
+        out = subprocess.run([sys.executable, str(ROOT / "scripts" / "speedrun.py"), *flags, "--resume"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "fails verification" not in out.stderr, out.stderr
+        summary = json.loads((tmp_path / "results" / "killed.json").read_text())
+    else:
+        summary = speedrun.speedrun(fault_track(store, framework), run_name="killed", resume=True, show_bar=False,
+                                    results_dir=tmp_path / "results", runs_dir=tmp_path / "runs")
+    assert summary["steps"] == STEPS
     assert summary["weights_sha256"] == trained["summary"]["weights_sha256"]
