@@ -3,11 +3,20 @@
 Saves are asynchronous (the device keeps training while the host writes) and only the last N are kept. A
 checkpoint records the fingerprint of the run that wrote it, so a resume with another model or recipe is
 refused instead of silently mixing the two.
+
+Every checkpoint carries `checksums.json` (jax_nano/checksums.py): the size and sha256 of every file of the
+step directory, computed from the files on disk by process 0 once every process has written its shards and
+before orbax renames the finished directory into place, so a step directory never exists without them. A
+resume verifies them before it reads anything (`choose`). Orbax writes two small files of the step directory
+while it renames it, after the checksums: `_CHECKPOINT_METADATA` (timestamps) and `commit_success.txt`; they
+hold no state and are not covered.
 """
 
 import dataclasses
 import hashlib
 import json
+import shutil
+import sys
 from pathlib import Path
 
 import orbax.checkpoint as ocp
@@ -15,6 +24,13 @@ import orbax.checkpoint as ocp
 from configs.errors import UserError
 from configs.model import ModelConfig
 from configs.tracks import Track
+from jax_nano import checksums
+
+SUMS = "checksums.json"
+FALLBACK_FLAG = "--resume-from-good"
+ASIDE = "damaged-checkpoints"  # beside checkpoints/: where a fall-back moves the checkpoints that failed
+_AFTER_SUMS = ("_CHECKPOINT_METADATA", "commit_success.txt")
+_PENDING = ocp.path.atomicity_types.TMP_DIR_SUFFIX
 
 
 class CheckpointError(UserError):
@@ -38,35 +54,144 @@ def check_fingerprint(saved: dict, fp: dict, where) -> None:
         )
 
 
-def manager(run_dir, keep: int) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True, create=True)
-    return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints", options=options)
+# -- which checkpoint a resume may use (both frameworks) -------------------------------------------------------
 
 
-def save(mgr: ocp.CheckpointManager, step: int, state, progress, fp: dict) -> None:
-    meta = {"progress": dataclasses.asdict(progress), "fingerprint": fp}
-    mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+def newest_verified(found: list, problem_of) -> int | None:
+    """The newest step of `found` ([(step, paths)], oldest first) whose checksums verify."""
+    return next((step for step, _ in reversed(found) if problem_of(step) is None), None)
 
 
-def restore_latest(mgr: ocp.CheckpointManager, abstract_state, fp: dict):
-    """(state, Progress) of the latest checkpoint, None if the run has none."""
-    from jax_nano.loop import Progress
+def _set_aside(paths: list, aside: Path) -> None:
+    aside.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        if path.exists():
+            target, n = aside / path.name, 1
+            while target.exists():
+                n += 1
+                target = aside / f"{path.name}.{n}"
+            shutil.move(path, target)
 
-    step = mgr.latest_step()
-    if step is None:
-        return None
-    where = f"{mgr.directory}/{step}"
-    try:
-        meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    except Exception as e:  # orbax raises many types for a damaged directory
-        raise CheckpointError(
-            f"checkpoint {where} is unreadable ({type(e).__name__}); delete it to use the one before"
-        ) from e
-    check_fingerprint(meta["fingerprint"], fp, where)
-    try:
-        state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))["state"]
-    except Exception as e:
-        raise CheckpointError(
-            f"checkpoint {where} is corrupted ({type(e).__name__}); delete it to use the one before"
-        ) from e
-    return state, Progress(**meta["progress"])
+
+def choose(found: list, problem_of, *, fallback: bool, aside: Path, lead: bool = True, sync=None) -> int | None:
+    """The step to resume from: the newest checkpoint of `found` ([(step, paths)], oldest first) that verifies.
+
+    When the newest fails, without `fallback` this raises one line naming its step and file, and the step of the
+    newest one that verifies; with `fallback` the failing newer checkpoints are moved to `aside` (nothing is
+    deleted) and the good one is returned. `sync(name)`: a barrier of every process (multi-host), so that all
+    have verified before process 0 moves anything and none reads before it is done.
+    """
+    failed, good = [], None
+    for step, paths in reversed(found):
+        wrong = problem_of(step)
+        if wrong is None:
+            good = step
+            break
+        failed.append((step, paths, wrong))
+    if not failed:
+        return good
+    head = f"checkpoint of step {failed[0][0]} fails verification: {failed[0][2]}"
+    if good is None:
+        raise CheckpointError(f"{head}; no older checkpoint verifies: start the run afresh under another --run-name")
+    if not fallback:
+        raise CheckpointError(f"{head}; the checkpoint of step {good} verifies: pass {FALLBACK_FLAG} to resume from "
+                              f"it (the failing ones are then moved to {aside}, not deleted)")
+    if sync is not None:
+        sync("jax_nano_checkpoints_verified")
+    if lead:
+        _set_aside([p for _, paths, _ in failed for p in paths], aside)
+        print(f"{head}; resuming from step {good}, the newest checkpoint that verifies (moved "
+              f"{', '.join(str(s) for s, _, _ in failed)} to {aside})", file=sys.stderr)
+    if sync is not None:
+        sync("jax_nano_checkpoints_set_aside")
+    return good
+
+
+# -- the orbax checkpoints of one run ---------------------------------------------------------------------
+
+
+class Checkpoints:
+    """`runs/<run>/checkpoints/<step>/`: orbax step directories, each with its `checksums.json`."""
+
+    def __init__(self, run_dir, keep: int):
+        self.folder = Path(run_dir).absolute() / "checkpoints"
+        self.keep = keep
+        self._mgr = None
+        self._saving = None  # the step being written (orbax finishes one save before it starts the next)
+
+    def _manager(self) -> ocp.CheckpointManager:
+        if self._mgr is None:
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=self.keep, enable_async_checkpointing=True, create=True,
+                async_options=ocp.AsyncOptions(post_finalization_callback=self._write_checksums))
+            self._mgr = ocp.CheckpointManager(self.folder, options=options)
+        return self._mgr
+
+    def _write_checksums(self):
+        # Orbax calls this on process 0 only, after every process has written, while the step is still in its
+        # temporary directory (on file systems without atomic rename orbax writes in place).
+        pending = self.folder / f"{self._saving}{_PENDING}"
+        root = pending if pending.is_dir() else self.folder / str(self._saving)
+        files = {f.relative_to(root).as_posix(): f for f in root.rglob("*") if f.is_file()}
+        checksums.write_manifest(root / SUMS, {name: f for name, f in files.items() if name not in _AFTER_SUMS})
+
+    def steps(self) -> list[int]:
+        """The finished checkpoints (an interrupted save leaves only a temporary directory, never one of these)."""
+        if not self.folder.is_dir():
+            return []
+        return sorted(int(p.name) for p in self.folder.iterdir() if p.name.isdigit() and p.is_dir())
+
+    def problem(self, step: int) -> str | None:
+        root = self.folder / str(step)
+        present = [f for f in root.rglob("*") if f.is_file() and f.relative_to(root).as_posix() not in _AFTER_SUMS]
+        return checksums.problem(root, root / SUMS, present)
+
+    def _found(self) -> list:
+        return [(step, [self.folder / str(step)]) for step in self.steps()]
+
+    def save(self, step: int, state, progress, fp: dict) -> None:
+        self._manager().wait_until_finished()
+        self._saving = step
+        meta = {"progress": dataclasses.asdict(progress), "fingerprint": fp}
+        self._manager().save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                           meta=ocp.args.JsonSave(meta)))
+
+    def restore(self, abstract_state, fp: dict, *, fallback: bool = False):
+        """(state, Progress) of the newest checkpoint that verifies (see `choose`), None if the run has none."""
+        import jax
+        from jax.experimental import multihost_utils
+
+        from jax_nano.loop import Progress
+
+        sync = multihost_utils.sync_global_devices if jax.process_count() > 1 else None
+        step = choose(self._found(), self.problem, fallback=fallback, aside=self.folder.parent / ASIDE,
+                      lead=jax.process_index() == 0, sync=sync)
+        if step is None:
+            return None
+        mgr = self._manager()
+        mgr.reload()
+        where = self.folder / str(step)
+        try:
+            meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            check_fingerprint(meta["fingerprint"], fp, where)
+            state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        except CheckpointError:
+            raise
+        except Exception as e:  # orbax raises many types for a directory it cannot read
+            raise CheckpointError(f"checkpoint {where} cannot be restored ({type(e).__name__}), although its "
+                                  "checksums verify; restore it from a copy or start afresh") from e
+        return state["state"], Progress(**meta["progress"])
+
+    def discard(self, from_step: int) -> int | None:
+        """Delete the checkpoints of steps >= from_step; the step of the newest remaining one that verifies."""
+        mgr = self._manager()
+        mgr.wait_until_finished()
+        for step in mgr.all_steps():
+            if step >= from_step:
+                mgr.delete(step)
+        return newest_verified(self._found(), self.problem)
+
+    def close(self) -> None:
+        if self._mgr is not None:
+            self._mgr.wait_until_finished()
+            self._mgr.close()

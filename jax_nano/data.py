@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from configs.errors import UserError
+from jax_nano.checksums import sha256_file
 
 SAMPLE = "sample"
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
@@ -32,10 +33,25 @@ SPLIT_SEED = 42
 
 _TOKENS, _HEADER = "tokens.bin", "header.json"
 _DTYPE = np.dtype("<u2")
-_HASH_CHUNK = 1 << 24
 _OFFLINE_HINT = "python scripts/prepare_data.py --source offline"
 _FALSE = ("", "0", "false", "False", "FALSE", "no", "off")
 _REQUIRED_KEYS = ("format", "vocab_size", "seq_len", "n_tokens", "n_rows", "sha256", "val_fraction", "split_seed")
+
+
+def _count(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
+
+
+# A header edited by hand or damaged on disk must fail here, not as a TypeError deep in the loader.
+_HEADER_CHECKS = {
+    "vocab_size": lambda v: _count(v) and v <= 1 << 16,
+    "seq_len": _count,
+    "n_tokens": _count,
+    "n_rows": _count,
+    "sha256": lambda v: isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v),
+    "val_fraction": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1,
+    "split_seed": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+}
 
 
 class DataError(UserError):
@@ -156,12 +172,16 @@ def _resolve(path_or_name) -> Path:
     return Path(path_or_name)
 
 
-def _read_header(path: Path) -> dict:
+def _read_header(path: Path) -> tuple[dict, str]:
+    """The header of the store at `path`, checked field by field, and the sha256 of its bytes."""
     hp = path / _HEADER
     if not hp.is_file():
         raise DataError(f"{path} is not a token store (no {_HEADER}); build one with python scripts/prepare_data.py")
     try:
-        header = json.loads(hp.read_text())
+        raw = hp.read_bytes()
+        header = json.loads(raw.decode("utf-8"))
+    except OSError as e:
+        raise DataError(f"{hp} cannot be read ({e.strerror}); check its permissions") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(
             f"{hp} is not valid JSON ({e.__class__.__name__}); rebuild the store with prepare_data"
@@ -171,17 +191,12 @@ def _read_header(path: Path) -> dict:
         raise DataError(f"{hp} lacks {', '.join(missing)}; rebuild the store with scripts/prepare_data.py")
     if header["format"] != FORMAT:
         raise DataError(f"{hp} has format {header['format']!r}, this code reads {FORMAT!r}; rebuild the store")
-    if header["n_tokens"] != header["n_rows"] * header["seq_len"] or header["n_rows"] <= 0:
+    for key, ok in _HEADER_CHECKS.items():
+        if not ok(header[key]):
+            raise DataError(f"{hp} has a damaged {key} ({header[key]!r}); rebuild the store with prepare_data")
+    if header["n_tokens"] != header["n_rows"] * header["seq_len"]:
         raise DataError(f"{hp} is inconsistent: n_tokens != n_rows * seq_len; rebuild the store")
-    return header
-
-
-def sha256_file(path: Path) -> str:
-    sha = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_CHUNK):
-            sha.update(block)
-    return sha.hexdigest()
+    return header, hashlib.sha256(raw).hexdigest()
 
 
 def split_rows(
@@ -205,8 +220,8 @@ class TokenStore:
     window of a validation row ever appears in training.
     """
 
-    def __init__(self, path: Path, header: dict, seq_len: int):
-        self.path, self.header = path, header
+    def __init__(self, path: Path, header: dict, seq_len: int, header_sha256: str | None = None):
+        self.path, self.header, self.header_sha256 = path, header, header_sha256
         self.vocab_size = int(header["vocab_size"])
         self.native_seq_len = int(header["seq_len"])
         self.seq_len = int(seq_len)
@@ -235,7 +250,7 @@ def open_store(path_or_name, *, vocab_size: int | None = None, seq_len: int | No
     path = _resolve(path_or_name)
     if not path.exists():
         raise DataError(f"token store {path} does not exist; build it with python scripts/prepare_data.py --out {path}")
-    header = _read_header(path)
+    header, header_sha256 = _read_header(path)
     tp = path / _TOKENS
     expected = header["n_tokens"] * _DTYPE.itemsize
     actual = tp.stat().st_size if tp.is_file() else None
@@ -243,8 +258,11 @@ def open_store(path_or_name, *, vocab_size: int | None = None, seq_len: int | No
         raise DataError(
             f"{tp} is truncated or missing ({actual} bytes, header says {expected}); rebuild it with prepare_data"
         )
-    if verify and sha256_file(tp) != header["sha256"]:
-        raise DataError(f"{tp} is corrupted (sha256 differs from {_HEADER}); rebuild it with prepare_data")
+    try:
+        if verify and sha256_file(tp) != header["sha256"]:
+            raise DataError(f"{tp} is corrupted (sha256 differs from {_HEADER}); rebuild it with prepare_data")
+    except OSError as e:
+        raise DataError(f"{tp} cannot be read ({e.strerror}); check its permissions") from None
     if vocab_size is not None and vocab_size != header["vocab_size"]:
         raise DataError(
             f"store {path} was tokenized for vocab {header['vocab_size']}, the model has vocab {vocab_size}; "
@@ -257,7 +275,7 @@ def open_store(path_or_name, *, vocab_size: int | None = None, seq_len: int | No
             f"store {path} has rows of {native} tokens; seq_len {seq_len} must divide it "
             f"(e.g. {native} or {native // 16}); or rebuild the store with --seq-len {seq_len}"
         )
-    return TokenStore(path, header, seq_len)
+    return TokenStore(path, header, seq_len, header_sha256)
 
 
 def require_tokens(store: TokenStore, needed: int, what: str) -> None:
@@ -430,6 +448,7 @@ def load_local(path, rows: int | None = None):
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p} does not exist; pass a save_to_disk directory, parquet/JSONL files, or text files")
+    json_lines = []
     try:
         if (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file():
             state = p / "state.json"
@@ -447,17 +466,52 @@ def load_local(path, rows: int | None = None):
                 "json": [f for f in files if f.suffix in (".jsonl", ".json")],
             }
             kind = next((k for k, v in kinds.items() if v), None)
+            json_lines = [f for f in kinds["json"] if f.suffix == ".jsonl"] if kind == "json" else []
             if kind is None:
                 raise DataError(f"{p} has no parquet or JSONL files and is not a save_to_disk directory")
-            ds = datasets.load_dataset(kind, data_files=[str(f) for f in kinds[kind]], split="train")
+            if kind == "json" and not any(_has_text(f) for f in kinds[kind]):
+                raise DataError(f"{p} holds no rows (its JSON files are empty); check the path")
+            verbosity = datasets.logging.get_verbosity()
+            datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # the one-line error below says it all
+            try:
+                ds = datasets.load_dataset(kind, data_files=[str(f) for f in kinds[kind]], split="train")
+            finally:
+                datasets.logging.set_verbosity(verbosity)
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001 - datasets raises many unrelated types for unreadable input
+        bad_line = _first_bad_json_line(json_lines)
+        if bad_line:
+            raise DataError(f"could not read {p} as a dataset: {bad_line}") from None
         msg = str(e).splitlines()[0] if str(e) else ""
         raise DataError(f"could not read {p} as a dataset: {e.__class__.__name__} {msg}".rstrip()) from None
     if rows:
         ds = ds.select(range(min(rows, len(ds))))
     return ds
+
+
+def _has_text(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return any(line.strip() for line in f)
+
+
+def _first_bad_json_line(files) -> str | None:
+    """Where a JSON Lines file stops being one JSON object per line, to name it when `datasets` cannot read it."""
+    for path in files:
+        try:
+            with open(path, "rb") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                    except ValueError as e:
+                        return f"{path} line {n} is not JSON ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
+                    if not isinstance(row, dict):
+                        return f"{path} line {n} is not a JSON object"
+        except OSError as e:
+            return f"{path} cannot be read ({e.strerror})"
+    return None
 
 
 def dataset_chunks(ds, *, seq_len: int, batch_rows: int = 1024) -> Iterable[np.ndarray]:

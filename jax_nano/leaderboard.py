@@ -2,7 +2,8 @@
 
 `--record` turns a run summary into a row (row_from_summary) and appends it (append_row). The file is
 validated before and written atomically after, so a malformed row, an unknown track, a file that no longer
-parses or a crash mid-write all leave LEADERBOARD.md exactly as it was.
+parses or a crash mid-write all leave LEADERBOARD.md exactly as it was; a lock on the file lets runs that finish
+together each land their row.
 
 Run summary keys consumed here (the trainers write them to results/<run>.json; other keys are ignored):
     date          ISO 8601 date or timestamp of the run, "2025-06-01" or "2025-06-01T14:03:22+00:00" (row: the day)
@@ -20,7 +21,10 @@ Run summary keys consumed here (the trainers write them to results/<run>.json; o
     mfu           model FLOPs utilisation as a fraction, report.mfu (float), or None where the device's peak is unknown
 """
 
+import contextlib
 import datetime
+import fcntl
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -194,6 +198,8 @@ def _read_lines(path) -> list[str]:
         raise LeaderboardError(f"no leaderboard at {path}") from None
     except UnicodeDecodeError as e:
         raise LeaderboardError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise LeaderboardError(f"{path} cannot be read ({e.strerror})") from None
 
 
 def read_rows(path) -> dict[str, list[dict]]:
@@ -202,10 +208,7 @@ def read_rows(path) -> dict[str, list[dict]]:
     return {track: [dict(zip(t.header, cells)) for cells in t.rows] for track, t in tables.items()}
 
 
-def append_row(path, track: str, row: dict) -> None:
-    """Append row as the last row of track's table. Atomic: on any error the file is left byte-for-byte as it was."""
-    validate_row(row)
-    lines = _read_lines(path)
+def _table(path, track: str, lines: list[str]) -> _Table:
     try:
         tables = _parse(lines)
     except LeaderboardError as e:
@@ -215,9 +218,52 @@ def append_row(path, track: str, row: dict) -> None:
     table = tables[track]
     if tuple(table.header) != COLUMNS:
         raise LeaderboardError(f"the {track!r} table of {path} has columns {table.header}, expected {list(COLUMNS)}")
-    last = lines[table.last_line]
-    body = last.rstrip("\r\n")
-    eol = last[len(body):] or "\n"
-    lines[table.last_line] = body + eol  # a table ending the file without a newline gets one before the new row
-    lines.insert(table.last_line + 1, "| " + " | ".join(row[c] for c in COLUMNS) + " |" + eol)
-    write_text_atomic(path, "".join(lines))
+    return table
+
+
+def check_writable(path, track: str) -> None:
+    """Raise now, before a run, what append_row would raise after it about the file itself."""
+    _table(path, track, _read_lines(path))
+
+
+@contextlib.contextmanager
+def _locked(path):
+    """An exclusive lock on the leaderboard file across processes.
+
+    The lock is on the file itself, and each write replaces the file by a rename: a writer that waited on the
+    old file finds another file under the name once it holds the lock, and locks again.
+    """
+    while True:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise LeaderboardError(f"no leaderboard at {path}") from None
+        except OSError as e:
+            raise LeaderboardError(f"{path} cannot be opened ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                same = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                yield
+                return
+        finally:
+            os.close(fd)  # closing releases the lock
+
+
+def append_row(path, track: str, row: dict) -> None:
+    """Append row as the last row of track's table. Atomic: on any error the file is left byte-for-byte as it was.
+
+    Runs that finish together each append their row: the read, the change and the rename happen under a lock."""
+    validate_row(row)
+    with _locked(path):
+        lines = _read_lines(path)
+        table = _table(path, track, lines)
+        last = lines[table.last_line]
+        body = last.rstrip("\r\n")
+        eol = last[len(body):] or "\n"
+        lines[table.last_line] = body + eol  # a table ending the file without a newline gets one before the new row
+        lines.insert(table.last_line + 1, "| " + " | ".join(row[c] for c in COLUMNS) + " |" + eol)
+        write_text_atomic(path, "".join(lines))

@@ -17,11 +17,12 @@ from configs.tracks import Track
 
 
 class NonFiniteLoss(UserError):
-    """The loss became NaN or inf; the message names the step."""
+    """The loss became NaN or inf; the message names the step and, once the driver has looked, the checkpoint kept
+    (jax_nano/speedrun.py)."""
 
-    def __init__(self, step: int, loss: float):
-        super().__init__(f"train loss is {loss} at step {step}; stopping (the last good checkpoint is kept)")
-        self.step = step
+    def __init__(self, step: int, loss: float, kept: str | None = None):
+        super().__init__(f"train loss is {loss} at step {step}; stopping" + (f" ({kept})" if kept else ""))
+        self.step, self.loss = step, loss
 
 
 class Clock:

@@ -13,7 +13,7 @@ import jax
 from configs.errors import UserError
 from configs.model import get_model_config
 from configs.tracks import Track
-from jax_nano import data, loop, report
+from jax_nano import checksums, data, loop, report
 from jax_nano.convert import save_torch, upstream_checkpoint
 from jax_nano.eligibility import check as eligibility
 
@@ -84,10 +84,11 @@ def choose_mesh(track: Track, mesh: str | None):
 
 def speedrun(track: Track, *, run_name: str | None = None, results_dir="results", runs_dir="runs", resume=False,
              stop_after: int | None = None, init_from=None, export_to=None, export_format="plain", show_bar=True,
-             mesh: str | None = None, save_final: bool = True) -> dict:
+             mesh: str | None = None, save_final: bool = True, fallback: bool = False) -> dict:
     """Run `track`; returns the summary (also written to results/<run>.json), or a partial one when stopped by
     `stop_after` (then a checkpoint lets `resume=True` continue). `save_final=False` skips the end-of-run
-    checkpoint (a benchmark that only wants the figures).
+    checkpoint (a benchmark that only wants the figures). `fallback`: when the newest checkpoint fails its
+    checksums, resume from the newest that verifies (jax_nano/checkpoint.py `choose`) instead of stopping.
 
     `export_to`: the final weights as a PyTorch file, `export_format` "plain" (a state_dict) or "upstream"
     (upstream's trainer's `model.pt`: {"model_state_dict", "config", "metrics", "step"}).
@@ -103,7 +104,10 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     lead = jax.process_index() == 0
     share = {"process_index": jax.process_index(), "process_count": jax.process_count()}
     run_dir, results_dir = Path(runs_dir) / run_name, Path(results_dir)
-    has_checkpoints = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
+    # Only finished checkpoints count: a save cut short leaves temporary files, not a checkpoint.
+    folder = run_dir / "checkpoints"
+    has_checkpoints = folder.is_dir() and any(p.name.isdigit() or p.name.removesuffix(".pt").isdigit()
+                                              for p in folder.iterdir())
     if resume and not has_checkpoints:
         raise RunError(f"--resume: run {run_name!r} has no checkpoint in {run_dir}; start it without --resume")
     if not resume and has_checkpoints:
@@ -124,7 +128,9 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     trainer = make_trainer(track, run_dir, init_state_dict, built_mesh)
     warm = data.TrainLoader(store, track.batch_size, track.seed, prefetch=0, **share)
     setup_s = trainer.setup([warm.batch(i) for i in range(track.warmup_steps)], val_NBT)
-    progress = trainer.restore() if resume else loop.Progress()
+    progress = trainer.restore(fallback=fallback) if resume else loop.Progress()
+    if progress is None:  # only something else under a checkpoint's name, e.g. a file named 4 in a JAX run
+        raise RunError(f"--resume: run {run_name!r} has no checkpoint {trainer.framework} can read in {run_dir}")
     loader = data.TrainLoader(store, track.batch_size, track.seed, start_step=progress.next_step, **share)
     counter = compile_counter()
     compiles_before = counter.count
@@ -136,8 +142,10 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
                                     stop_after=stop_after, show_bar=show_bar and lead)
             except loop.NonFiniteLoss as e:
                 # A checkpoint taken after k steps holds the weights that gave step k's loss.
-                trainer.discard_checkpoints(from_step=e.step)
-                raise
+                kept = trainer.discard_checkpoints(from_step=e.step)
+                raise loop.NonFiniteLoss(e.step, e.loss, kept=(
+                    f"kept the checkpoint of step {kept}, the newest that verifies" if kept is not None
+                    else "no verified checkpoint of an earlier step is kept")) from None
             counter.active = False
             if not loop.finished(track, progress):
                 trainer.save(progress)
@@ -153,15 +161,18 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     if save_final:
         trainer.save(progress)
     trainer.close()
-    if export_to is not None:
-        state_dict = trainer.export_state_dict()  # every process: a gather under a mesh
-        if lead:
-            if export_format == "upstream":
-                metrics = {"train_loss": progress.losses[-1] if progress.losses else math.nan, **final}
-                state_dict = upstream_checkpoint(state_dict, trainer.cfg, metrics, progress.next_step)
-            save_torch(state_dict, export_to)
+    state_dict = trainer.export_state_dict()  # every process: a gather under a mesh
+    if lead and export_to is not None:
+        exported = state_dict
+        if export_format == "upstream":
+            metrics = {"train_loss": progress.losses[-1] if progress.losses else math.nan, **final}
+            exported = upstream_checkpoint(state_dict, trainer.cfg, metrics, progress.next_step)
+        save_torch(exported, export_to)
+    digests = {"weights_sha256": checksums.weights_sha256(state_dict) if lead else None,
+               "data_sha256": store.header["sha256"], "data_header_sha256": store.header_sha256}
 
     summary = summarize(track, trainer, progress, final, setup_s, run_name, counter.count - compiles_before)
+    summary.update(digests)
     if not lead:
         return summary
     report.write_json_atomic(results_dir / f"{run_name}.json", summary)

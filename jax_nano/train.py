@@ -221,33 +221,31 @@ class JaxTrainer:
 
     # -- checkpoints and export ----------------------------------------------------------------------------
 
-    def manager(self):
+    def manager(self) -> ckpt.Checkpoints:
         if self._manager is None:
-            self._manager = ckpt.manager(self.run_dir, self.track.keep_checkpoints)
+            self._manager = ckpt.Checkpoints(self.run_dir, self.track.keep_checkpoints)
         return self._manager
 
     def save(self, progress, fingerprint: dict | None = None):
-        ckpt.save(self.manager(), int(progress.next_step), self.state, progress, fingerprint or self.fingerprint())
+        self.manager().save(int(progress.next_step), self.state, progress, fingerprint or self.fingerprint())
 
-    def restore(self):
-        """The latest checkpoint's Progress, with the state restored into this trainer; None if there is none."""
-        found = ckpt.restore_latest(self.manager(), self.abstract_state(), self.fingerprint())
+    def restore(self, fallback: bool = False):
+        """The Progress of the newest checkpoint that verifies, its state restored into this trainer; None if there
+        is none. A newer one that fails is refused, or with `fallback` set aside (jax_nano/checkpoint.py)."""
+        found = self.manager().restore(self.abstract_state(), self.fingerprint(), fallback=fallback)
         if found is None:
             return None
         self.state, progress = found
         return progress
 
-    def discard_checkpoints(self, from_step: int):
-        mgr = self.manager()
-        mgr.wait_until_finished()
-        for step in mgr.all_steps():
-            if step >= from_step:
-                mgr.delete(step)
+    def discard_checkpoints(self, from_step: int) -> int | None:
+        """Delete the checkpoints of steps >= from_step; the step of the newest one kept that verifies."""
+        return self.manager().discard(from_step)
 
     def close(self):
         if self._manager is not None:
-            self._manager.wait_until_finished()
             self._manager.close()
+            self._manager = None
 
     def fingerprint(self) -> dict:
         return ckpt.fingerprint(self.track, self.cfg)

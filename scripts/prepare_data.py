@@ -15,6 +15,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -63,7 +64,10 @@ SOURCES = {
 
 
 def read_text(path: Path) -> str:
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as e:  # a damaged or truncated .gz, or a file that cannot be read
+        raise DataError(f"{path} cannot be read ({type(e).__name__}: {e}); fix or remove it") from None
     return raw.decode("utf-8", errors="replace")
 
 
@@ -89,17 +93,17 @@ def tokenize_docs(docs: Iterable[str], total: int | None) -> Iterator[np.ndarray
     from jax_nano import tokenizer
 
     eos = np.array([tokenizer.EOS_ID], np.int64)
-    bar = tqdm(total=total, unit="doc", desc="tokenizing", file=sys.stderr)
     n_tokens = 0
     it = iter(docs)
-    while batch := list(itertools.islice(it, _DOCS_PER_BATCH)):
-        ids = tokenizer.encode_batch(batch)
-        out = np.concatenate([np.concatenate([np.asarray(x, np.int64), eos]) for x in ids])
-        n_tokens += out.size
-        bar.update(len(batch))
-        bar.set_postfix(tokens=f"{n_tokens:,}")
-        yield out
-    bar.close()
+    # A context manager, so that an unreadable document ends the bar's line before the error is printed.
+    with tqdm(total=total, unit="doc", desc="tokenizing", file=sys.stderr) as bar:
+        while batch := list(itertools.islice(it, _DOCS_PER_BATCH)):
+            ids = tokenizer.encode_batch(batch)
+            out = np.concatenate([np.concatenate([np.asarray(x, np.int64), eos]) for x in ids])
+            n_tokens += out.size
+            bar.update(len(batch))
+            bar.set_postfix(tokens=f"{n_tokens:,}")
+            yield out
 
 
 # --------------------------------------------------------------------------- offline corpus
@@ -233,7 +237,9 @@ def run(args) -> dict:
         raise DataError(f"--source {src} does not exist; use 'hub', 'offline' or a path to a dataset or text files")
     data.refuse_existing(args.out_path, args.overwrite)
     if is_text_source(src):
-        files = text_files(src)
+        files = [f for f in text_files(src) if f.stat().st_size > 0]
+        if not files:
+            raise DataError(f"--source {src} holds no text (its files are empty); nothing to tokenize")
         return from_files(args, files, f"text:{src}", {"files": len(files)})
     ds = data.load_local(src, rows=args.rows)
     return from_dataset(args, ds, f"local:{src}", {"rows_requested": args.rows})

@@ -28,6 +28,9 @@ def parser() -> argparse.ArgumentParser:
     add_track_flags(p)
     p.add_argument("--run-name", default=None, help="names results/<run>.* and runs/<run>/ (default TRACK-FRAMEWORK)")
     p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    p.add_argument("--resume-from-good", action="store_true",
+                   help="--resume, but if the latest checkpoint fails its checksums, continue from the newest one\n"
+                        "that verifies (the failing ones are moved to runs/<run>/damaged-checkpoints/)")
     p.add_argument("--stop-after", type=int, default=None, help="end this session after N steps, checkpointed")
     p.add_argument("--init-from", default=None, help="PyTorch state_dict or upstream's model.pt to start from")
     p.add_argument("--export-torch", default=None, help="save the final weights as a PyTorch state_dict here")
@@ -85,9 +88,14 @@ def init_distributed(args) -> None:
 def main(argv=None) -> int:
     xla_flags.apply_default_flags()  # before JAX starts a backend
     args = parser().parse_args(argv)
+    args.resume = args.resume or args.resume_from_good
     track = track_from_args(args)
     if args.record and not track.leaderboard:
         raise ConfigError(f"track {track.name!r} has no leaderboard; --record needs a real track")
+    if args.record:
+        from jax_nano import leaderboard
+
+        leaderboard.check_writable(args.leaderboard, track.name)  # before the run, not after it
 
     mesh = mesh_from_args(args)
     if mesh is not None and track.framework != "jax":
@@ -106,7 +114,7 @@ def main(argv=None) -> int:
     summary = speedrun.speedrun(track, run_name=args.run_name, results_dir=args.results_dir, runs_dir=args.runs_dir,
                                 resume=args.resume, stop_after=args.stop_after, init_from=args.init_from,
                                 export_to=args.export_torch, export_format=args.export_format,
-                                show_bar=not args.no_bar, mesh=mesh)
+                                show_bar=not args.no_bar, mesh=mesh, fallback=args.resume_from_good)
     if jax.process_index() != 0:
         return 0
     if not summary["finished"]:
@@ -114,8 +122,6 @@ def main(argv=None) -> int:
         return 0
     print(speedrun.describe(summary))
     if args.record:
-        from jax_nano import leaderboard
-
         leaderboard.append_row(args.leaderboard, track.name, leaderboard.row_from_summary(summary))
         print(f"recorded in {args.leaderboard}")
     return 0

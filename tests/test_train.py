@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from jax_nano import loop
+from jax_nano.checkpoint import Checkpoints
 from jax_nano.speedrun import RunError, speedrun
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -106,6 +107,8 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(toy_t
         run(blowup, tmp_path, run_name="nan")
     kept = sorted(int(p.name) for p in (tmp_path / "runs" / "nan" / "checkpoints").iterdir() if p.name.isdigit())
     assert kept and max(kept) <= info.value.step, (kept, info.value.step)
+    assert f"kept the checkpoint of step {max(kept)}, the newest that verifies" in str(info.value), str(info.value)
+    assert Checkpoints(tmp_path / "runs" / "nan", 2).problem(max(kept)) is None
 
 
 def test_resume_errors_are_one_line(toy_track, tmp_path):
@@ -130,7 +133,10 @@ def test_cli_bad_input_is_a_one_line_error_and_overwrites_nothing(toy_store, tmp
         ("--record",): "has no leaderboard",
         ("--data", str(tmp_path / "missing")): "does not exist",
         ("--muon-lr", "-1"): "muon_lr=-1.0 is negative",
+        # Refused before the run, not after it.
+        ("--track", "8M", "--record", "--leaderboard", str(tmp_path / "notes.md")): "has no table for track '8M'",
     }
+    (tmp_path / "notes.md").write_text("# notes\n")
     for extra, message in cases.items():
         out = cli(*base, *extra, cwd=tmp_path)
         assert out.returncode == 2, (extra, out.stderr[-500:])
@@ -145,7 +151,9 @@ def test_cli_bad_input_is_a_one_line_error_and_overwrites_nothing(toy_store, tmp
         if f.is_file() and f.suffix != ".json":
             f.write_bytes(b"garbage")
     broken = cli(*base, "--max-steps", "2", "--run-name", "r", "--resume", cwd=tmp_path)
-    assert broken.returncode == 2 and "checkpoint" in broken.stderr and "Traceback" not in broken.stderr
+    assert broken.returncode == 2 and "Traceback" not in broken.stderr, broken.stderr[-800:]
+    assert "checkpoint of step 2 fails verification" in broken.stderr, broken.stderr[-800:]
+    assert len(broken.stderr.strip().splitlines()) == 1, broken.stderr
     assert sorted(p.name for p in (tmp_path / "runs" / "r" / "checkpoints").iterdir()) == before
 
 

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from configs.model import ModelConfig
 from configs.tracks import Track
 from jax_nano import checkpoint as ckpt
-from jax_nano.convert import save_torch
+from torch_ref import checkpoint as torch_ckpt
 from torch_ref import optim
 from torch_ref.model import MinimalLLM, loss_fn
 
@@ -109,39 +109,31 @@ class TorchTrainer:
 
     # -- checkpoints and export ----------------------------------------------------------------------------
 
-    def _checkpoints(self) -> list[Path]:
-        folder = Path(self.run_dir) / "checkpoints"
-        return sorted(folder.glob("*.pt"), key=lambda p: int(p.stem)) if folder.is_dir() else []
+    def _folder(self) -> Path:
+        return Path(self.run_dir) / "checkpoints"
 
     def save(self, progress):
         payload = {"model": self.model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
                    "schedulers": [s.state_dict() for s in self.schedulers],
                    "progress": dataclasses.asdict(progress), "fingerprint": self.fingerprint()}
-        save_torch(payload, Path(self.run_dir) / "checkpoints" / f"{progress.next_step}.pt")
-        for old in self._checkpoints()[: -self.track.keep_checkpoints]:
-            old.unlink()
+        torch_ckpt.save(self._folder(), progress.next_step, payload, self.track.keep_checkpoints)
 
-    def restore(self):
+    def restore(self, fallback: bool = False):
+        """The Progress of the newest checkpoint that verifies, its state loaded into this trainer; None if there
+        is none. A newer one that fails is refused, or with `fallback` set aside (torch_ref/checkpoint.py)."""
         from jax_nano.loop import Progress
 
-        found = self._checkpoints()
-        if not found:
+        payload = torch_ckpt.load(self._folder(), self.fingerprint(), device=self.device, fallback=fallback)
+        if payload is None:
             return None
-        try:
-            payload = torch.load(found[-1], map_location=self.device, weights_only=False)
-        except Exception as e:  # a truncated or foreign file raises many types
-            raise ckpt.CheckpointError(f"checkpoint {found[-1]} is corrupted ({type(e).__name__}); delete it to use "
-                                       "the one before") from e
-        ckpt.check_fingerprint(payload["fingerprint"], self.fingerprint(), found[-1])
         self.model.load_state_dict(payload["model"])
         for obj, state in zip(self.optimizers + self.schedulers, payload["optimizers"] + payload["schedulers"]):
             obj.load_state_dict(state)
         return Progress(**payload["progress"])
 
-    def discard_checkpoints(self, from_step: int):
-        for path in self._checkpoints():
-            if int(path.stem) >= from_step:
-                path.unlink()
+    def discard_checkpoints(self, from_step: int) -> int | None:
+        """Delete the checkpoints of steps >= from_step; the step of the newest one kept that verifies."""
+        return torch_ckpt.discard(self._folder(), from_step)
 
     def close(self):
         pass

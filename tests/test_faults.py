@@ -1,0 +1,205 @@
+"""Fault injection: every file of a checkpoint truncated, flipped or deleted, and a run killed -9 in the middle of a
+save, for both frameworks. Each case either resumes bit-identically from a checkpoint that verifies or stops with
+a one-line error that names the step and the file; none trains on damaged weights.
+
+One short run per framework is trained once; each case damages a copy of its checkpoints and needs only a
+restore and two steps of the already compiled trainer.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from configs.model import get_model_config
+from jax_nano import checksums, data, speedrun
+from jax_nano.checkpoint import FALLBACK_FLAG, CheckpointError
+from tests import toy
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS, EVERY = 6, 2  # checkpoints at steps 4 and 6 are kept (keep_checkpoints 2); the run's last is 6
+
+
+def fault_track(store: str, framework: str):
+    return toy.toy_track(store, steps=STEPS, checkpoint_every=EVERY, framework=framework)
+
+
+def cli_flags(store: str, framework: str) -> list:
+    """The flags of scripts/speedrun.py that give fault_track."""
+    return ["--model", "tiny", "--data", store, "--batch-size", "8", "--seq-len", "64", "--tokens",
+            str(8 * 64 * STEPS), "--precision", "float32", "--eval-every", "0", "--eval-batches", "2",
+            "--warmup-steps", "1", "--muon-lr", "0.02", "--adamw-lr", "0.006", "--ortho-dtype", "float32",
+            "--checkpoint-every", str(EVERY), "--framework", framework, "--no-bar"]
+
+
+@pytest.fixture(scope="module", params=["jax", "torch"])
+def trained(request, toy_store, tmp_path_factory):
+    """An uninterrupted run: its checkpoints, its final weights, and its trainer (set up, compiled) for reuse."""
+    framework = request.param
+    tmp = tmp_path_factory.mktemp(f"trained-{framework}")
+    made, make = [], speedrun.make_trainer
+
+    def keep(*args, **kwargs):
+        made.append(make(*args, **kwargs))
+        return made[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(speedrun, "make_trainer", keep)
+        summary = speedrun.speedrun(fault_track(toy_store, framework), run_name="run", results_dir=tmp / "results",
+                                    runs_dir=tmp / "runs", show_bar=False, export_to=tmp / "final.pt")
+    return {"framework": framework, "tmp": tmp, "run": tmp / "runs" / "run", "summary": summary,
+            "final": torch.load(tmp / "final.pt"), "trainer": made[0], "store": toy_store}
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def truncate(path: Path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def flip(path: Path):
+    raw = bytearray(path.read_bytes())
+    mid = len(raw) // 2
+    for i in range(max(0, mid - 32), min(len(raw), mid + 32)):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+
+
+def delete(path: Path):
+    path.unlink()
+
+
+FAULTS = {"truncated": truncate, "flipped": flip, "deleted": delete}
+
+
+def same_weights(state_dict: dict, expected: dict) -> bool:
+    return state_dict.keys() == expected.keys() and all(torch.equal(state_dict[k], expected[k]) for k in expected)
+
+
+def resume_and_finish(trainer, run_dir: Path, store: str, fallback: bool):
+    """Restore as `--resume` does and train to the end of the run; the final weights."""
+    trainer.close()
+    trainer.run_dir = run_dir
+    progress = trainer.restore(fallback=fallback)
+    loader = data.TrainLoader(data.open_store(store, seq_len=64), 8, trainer.track.seed, prefetch=0)
+    for step in range(progress.next_step, STEPS):
+        trainer.read(trainer.step(loader.batch(step)))
+    return progress.next_step, trainer.export_state_dict()
+
+
+def test_every_damaged_checkpoint_file_is_refused_or_resumed_exactly(trained, tmp_path):
+    trainer, store = trained["trainer"], trained["store"]
+    folder = trained["run"] / "checkpoints"
+    newest = folder / "6" if trained["framework"] == "jax" else folder
+    files = sorted(p for p in newest.rglob("*") if p.is_file() and (newest != folder or p.name.startswith("6.")))
+    assert len(files) >= (10 if trained["framework"] == "jax" else 2), files
+    for i, target in enumerate(files):
+        for fault, damage in FAULTS.items():
+            case = tmp_path / f"{i}-{fault}"
+            shutil.copytree(trained["run"], case)
+            damaged = case / target.relative_to(trained["run"])
+            damage(damaged)
+            before = snapshot(case)
+            what = f"{target.relative_to(trained['run'])} {fault}"
+            try:
+                resumed_from, weights = resume_and_finish(trainer, case, store, fallback=False)
+            except CheckpointError as e:
+                message = str(e)
+                assert "\n" not in message and "of step 6 fails verification" in message, (what, message)
+                assert str(damaged) in message, (what, message)
+                assert f"step 4 verifies: pass {FALLBACK_FLAG}" in message, (what, message)
+                assert snapshot(case) == before, f"{what}: a refused resume changed the run's files"
+                resumed_from, weights = resume_and_finish(trainer, case, store, fallback=True)
+                assert resumed_from == 4, what
+                assert any((case / "damaged-checkpoints").iterdir()), f"{what}: the failing checkpoint was not kept"
+            else:
+                if damaged.name == "6.pt" and fault == "deleted":  # no checkpoint of step 6 any more
+                    assert resumed_from == 4, what
+                else:  # orbax writes these after the checksums; they hold no state
+                    assert damaged.name in ("_CHECKPOINT_METADATA", "commit_success.txt"), what
+                    assert damaged.parent.name == "6" and resumed_from == 6, what
+            assert same_weights(weights, trained["final"]), f"{what}: weights differ from the uninterrupted run"
+
+
+def test_checkpoints_without_checksums_are_refused(trained, tmp_path):
+    """Checkpoints written before checksums existed: refused, none verifies, nothing is moved or deleted."""
+    case = tmp_path / "old"
+    shutil.copytree(trained["run"], case)
+    for manifest in case.rglob("*checksums.json"):
+        manifest.unlink()
+    before = snapshot(case)
+    for fallback in (False, True):
+        with pytest.raises(CheckpointError, match=r"of step 6 fails verification: .*checksums.json is missing.*"
+                                                  r"no older checkpoint verifies"):
+            resume_and_finish(trained["trainer"], case, trained["store"], fallback=fallback)
+    assert snapshot(case) == before
+
+
+def test_summary_records_the_weights_and_data_checksums(trained):
+    summary = trained["summary"]
+    assert summary["weights_sha256"] == checksums.weights_sha256(trained["final"])
+    store = data.open_store(trained["store"])
+    assert summary["data_sha256"] == store.header["sha256"]
+    assert summary["data_header_sha256"] == hashlib.sha256(Path(trained["store"], "header.json").read_bytes()
+                                                           ).hexdigest()
+    # The same weights hash the same in either framework: a torch model loaded with these weights exports them.
+    from torch_ref.train import TorchTrainer
+
+    torch_trainer = TorchTrainer(fault_track(trained["store"], "torch"), get_model_config("tiny"),
+                                 init_state_dict=trained["final"])
+    torch_trainer.setup([], None)
+    assert checksums.weights_sha256(torch_trainer.export_state_dict()) == summary["weights_sha256"]
+    changed = {name: t.clone() for name, t in trained["final"].items()}
+    next(iter(changed.values())).view(-1)[0] += 1
+    assert checksums.weights_sha256(changed) != summary["weights_sha256"]
+
+
+def test_run_killed_inside_a_checkpoint_save_resumes_exactly(trained, tmp_path):
+    framework, store = trained["framework"], trained["store"]
+    env = {**os.environ, "STALL_STEP": "4", "STALL_MARKER": str(tmp_path / "stalled"),
+           "JAX_NANO_CACHE": str(tmp_path / "xla-cache"), "PYTHONPATH": str(ROOT)}
+    flags = cli_flags(store, framework) + ["--run-name", "killed"]
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fault_runner.py"), *flags], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (tmp_path / "stalled").exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run never reached the save of step 4"
+            time.sleep(0.1)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    folder = tmp_path / "runs" / "killed" / "checkpoints"
+    # The kill landed inside the save of step 4: its files are there, unfinished; step 2 is the last finished one.
+    names = sorted(p.name for p in folder.iterdir())
+    if framework == "jax":
+        assert "4.orbax-checkpoint-tmp" in names and "4" not in names and "2" in names, names
+        assert any((folder / "4.orbax-checkpoint-tmp" / "state").rglob("*")), "the save had not begun writing"
+    else:
+        assert "4.pt.tmp" in names and "4.pt" not in names and "2.pt" in names, names
+    if framework == "jax":  # from the command line: it compiles from the cache the killed run filled
+        out = subprocess.run([sys.executable, str(ROOT / "scripts" / "speedrun.py"), *flags, "--resume"],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "fails verification" not in out.stderr, out.stderr
+        summary = json.loads((tmp_path / "results" / "killed.json").read_text())
+    else:
+        summary = speedrun.speedrun(fault_track(store, framework), run_name="killed", resume=True, show_bar=False,
+                                    results_dir=tmp_path / "results", runs_dir=tmp_path / "runs")
+    assert summary["steps"] == STEPS
+    assert summary["weights_sha256"] == trained["summary"]["weights_sha256"]

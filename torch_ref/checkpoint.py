@@ -1,0 +1,66 @@
+"""PyTorch checkpoints of a run, the twin of jax_nano/checkpoint.py: `runs/<run>/checkpoints/<step>.pt`.
+
+Each `<step>.pt` has a sidecar `<step>.checksums.json` (jax_nano/checksums.py: size and sha256 of the file).
+The payload is written to a temp file, its checksums are written, and only then is it renamed into place, so a
+finished checkpoint never lacks them. A resume verifies them before `torch.load` reads a byte, with the same
+rules as the JAX checkpoints (jax_nano/checkpoint.py `choose`).
+"""
+
+from pathlib import Path
+
+import torch
+
+from jax_nano import checksums
+from jax_nano.checkpoint import ASIDE, CheckpointError, check_fingerprint, choose, newest_verified
+
+SUFFIX = ".checksums.json"
+
+
+def _sums(pt: Path) -> Path:
+    return pt.with_name(pt.stem + SUFFIX)
+
+
+def found(folder: Path) -> list:
+    """[(step, [its .pt, its checksums])], oldest first; temp files of an interrupted save are not checkpoints."""
+    pts = [p for p in folder.glob("*.pt") if p.stem.isdigit()] if folder.is_dir() else []
+    return [(int(p.stem), [p, _sums(p)]) for p in sorted(pts, key=lambda p: int(p.stem))]
+
+
+def problem(folder: Path, step: int) -> str | None:
+    return checksums.problem(folder, _sums(folder / f"{step}.pt"))
+
+
+def save(folder: Path, step: int, payload: dict, keep: int) -> None:
+    path = folder / f"{step}.pt"
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    checksums.write_manifest(_sums(path), {path.name: tmp})
+    tmp.replace(path)
+    for _, paths in found(folder)[:-keep]:
+        for old in paths:
+            old.unlink(missing_ok=True)
+
+
+def load(folder: Path, fp: dict, *, device, fallback: bool = False) -> dict | None:
+    """The payload of the newest checkpoint that verifies; None if the run has none."""
+    step = choose(found(folder), lambda s: problem(folder, s), fallback=fallback, aside=folder.parent / ASIDE)
+    if step is None:
+        return None
+    path = folder / f"{step}.pt"
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises many types for a file it cannot read
+        raise CheckpointError(f"checkpoint {path} cannot be loaded ({type(e).__name__}), although its checksums "
+                              "verify; restore it from a copy or start afresh") from e
+    check_fingerprint(payload["fingerprint"], fp, path)
+    return payload
+
+
+def discard(folder: Path, from_step: int) -> int | None:
+    """Delete the checkpoints of steps >= from_step; the step of the newest remaining one that verifies."""
+    for step, paths in found(folder):
+        if step >= from_step:
+            for path in paths:
+                path.unlink(missing_ok=True)
+    return newest_verified(found(folder), lambda s: problem(folder, s))
