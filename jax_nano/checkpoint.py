@@ -37,9 +37,14 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used for this run; one line with the fix."""
 
 
+# Model fields that change how a step is computed, not what it computes: a run may resume with other values.
+SPEED_LEVERS = ("loss_chunk", "remat", "unroll_layers", "attention")
+
+
 def fingerprint(track: Track, cfg: ModelConfig) -> dict:
     """What must match between the run that saved and the one that resumes (not the stop rule or logging)."""
-    recipe = {"model": dataclasses.asdict(cfg), "optim": dataclasses.asdict(track.optim),
+    model = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SPEED_LEVERS}
+    recipe = {"model": model, "optim": dataclasses.asdict(track.optim),
               "batch_size": track.batch_size, "seq_len": track.seq_len, "seed": track.seed, "data": str(track.data),
               "total_steps": track.total_steps}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
