@@ -54,6 +54,19 @@ def check_sampling(temperature: float, top_k: int, top_p: float) -> None:
         raise GenerationError(f"top-k {top_k} is negative; use 0 to turn it off")
 
 
+def check_request(prompts, max_new_tokens: int, max_len: int, temperature: float, top_k: int, top_p: float):
+    """One line for what a generation cannot do as asked, before any work (both frameworks)."""
+    check_sampling(temperature, top_k, top_p)
+    if max_new_tokens <= 0:
+        raise GenerationError(f"max_new_tokens {max_new_tokens} must be positive")
+    for i, p in enumerate(prompts):
+        if not p:
+            raise GenerationError(f"prompt {i} is empty; give every prompt at least one token")
+        if len(p) + max_new_tokens > max_len:
+            raise GenerationError(f"prompt {i} ({len(p)} tokens) plus {max_new_tokens} new tokens exceeds "
+                                  f"max_len {max_len}; shorten it or ask for fewer new tokens")
+
+
 def prefill_length(longest: int, room: int) -> int:
     """The padded prompt length: the power of two at or above `longest`, at most `room`."""
     return min(1 << max(longest - 1, 0).bit_length(), room)
@@ -182,15 +195,7 @@ class Generator:
 
     def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, on_token,
                   keep_logits=False):
-        check_sampling(temperature, top_k, top_p)
-        if max_new_tokens <= 0:
-            raise GenerationError(f"max_new_tokens {max_new_tokens} must be positive")
-        for i, p in enumerate(prompts):
-            if not p:
-                raise GenerationError(f"prompt {i} is empty; give every prompt at least one token")
-            if len(p) + max_new_tokens > self.max_len:
-                raise GenerationError(f"prompt {i} ({len(p)} tokens) plus {max_new_tokens} new tokens exceeds "
-                                      f"max_len {self.max_len}; shorten it or ask for fewer new tokens")
+        check_request(prompts, max_new_tokens, self.max_len, temperature, top_k, top_p)
         self.stats = Stats()
         outputs, logits = [[] for _ in prompts], [[] for _ in prompts]
         for start in range(0, len(prompts), self.batch_size):

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from jax_nano.generate import GenerationError, Stats, check_sampling, prefill_length
+from jax_nano.generate import GenerationError, Stats, check_request, prefill_length
 from torch_ref.model import MinimalLLM
 
 
@@ -50,15 +50,7 @@ class Generator:
     @torch.no_grad()
     def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, on_token,
                   keep_logits=False):
-        check_sampling(temperature, top_k, top_p)
-        if max_new_tokens <= 0:
-            raise GenerationError(f"max_new_tokens {max_new_tokens} must be positive")
-        for i, p in enumerate(prompts):
-            if not p:
-                raise GenerationError(f"prompt {i} is empty; give every prompt at least one token")
-            if len(p) + max_new_tokens > self.max_len:
-                raise GenerationError(f"prompt {i} ({len(p)} tokens) plus {max_new_tokens} new tokens exceeds "
-                                      f"max_len {self.max_len}; shorten it or ask for fewer new tokens")
+        check_request(prompts, max_new_tokens, self.max_len, temperature, top_k, top_p)
         self.stats = Stats()
         outputs, logits = [[] for _ in prompts], [[] for _ in prompts]
         for start in range(0, len(prompts), self.batch_size):
