@@ -186,7 +186,7 @@ class Generator:
     def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0, stop_ids=(0,), on_token=None) -> list[list[int]]:
         """New tokens of every prompt (without the stop token that ended it). `on_token(i, token)` is called
-        for each new token of prompt i as soon as it is known."""
+        for each new token of prompt i as soon as it is known; when it returns True, prompt i ends there."""
         return self._generate(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, on_token)[0]
 
     def generate_with_logits(self, prompts: list[list[int]], *, max_new_tokens: int, stop_ids=(0,)):
@@ -243,8 +243,8 @@ class Generator:
                 outputs[r].append(token)
                 if logits is not None:
                     logits[r].append(step_logits[b])
-                if on_token is not None:
-                    on_token(r, token)
+                if on_token is not None and on_token(r, token):
+                    live[b] = False
             if pending is None or not any(live):
                 break
             next_B, logits_BV, cache_k, cache_v = pending

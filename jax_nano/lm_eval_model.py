@@ -315,6 +315,13 @@ class JaxNanoLM(TemplateLM):
         sampling = {"temperature": float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0,
                     "top_k": int(kwargs.get("top_k") or 0), "top_p": float(kwargs.get("top_p") or 1.0),
                     "seed": int(kwargs.get("seed") or 0)}
-        new_ids = self.engine.generate(prompts, batch_size=self.batch_size, max_len=self.max_length,
-                                         max_new_tokens=max_new, stop_ids=(self.eot_token_id,), **sampling)
+        new_ids = [[] for _ in prompts]
+
+        def reached_until(i: int, token: int) -> bool:
+            # A row ends as soon as its text holds a stop string, instead of running to max_gen_toks.
+            new_ids[i].append(token)
+            return any(stop in self.tok_decode(new_ids[i]) for stop in until)
+
+        self.engine.generate(prompts, batch_size=self.batch_size, max_len=self.max_length, max_new_tokens=max_new,
+                             stop_ids=(self.eot_token_id,), on_token=reached_until, **sampling)
         return [postprocess_generated_text(self.tok_decode(ids), until, None) for ids in new_ids]

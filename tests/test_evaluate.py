@@ -234,6 +234,8 @@ def test_generate_until_stops_at_the_until_string(tiny, lm):
     first, second = lm.generate_until(requests, disable_tqdm=True)
     assert first == full[0].split(stop)[0] and len(first) <= 4
     assert second == full[1]  # no stop string met: max_gen_toks characters (or up to end-of-text)
+    lm.generate_until(requests[:1], disable_tqdm=True)
+    assert len(full[0]) > 6 and lm.engine._generator.stats.new_tokens <= 6  # ended at the stop string, not at 12
     torch_lm = JaxNanoLM(TorchEngine.from_jax(tiny).model, tokenizer=CharTokenizer(), batch_size=4, show_bar=False)
     assert torch_lm.generate_until(requests, disable_tqdm=True) == [first, second]
 
