@@ -147,39 +147,17 @@ def _decode(graphdef, max_len, params, cache_k, cache_v, ids_B, t, step, pad_B, 
 _PROGRAMS = {}
 
 
-class Generator:
-    """Batched generation from a `GPT`: `batch_size` rows at a time, a cache of `max_len` positions."""
+class BatchedGenerator:
+    """What the JAX and PyTorch generators share: checks of the request and the split of the prompts into batches
+    of `batch_size` rows; a subclass's `_batch` generates one batch, writing into `outputs` (and `logits`)."""
 
-    def __init__(self, model: GPT, *, batch_size: int, max_len: int):
-        cfg = model.cfg
+    def __init__(self, cfg, *, batch_size: int, max_len: int):
         if batch_size <= 0:
             raise GenerationError(f"batch_size {batch_size} must be positive")
         if not 1 < max_len <= cfg.max_seq_len:
             raise GenerationError(f"max_len {max_len} must be in 2..{cfg.max_seq_len} (the model's context)")
         self.cfg, self.batch_size, self.max_len = cfg, batch_size, max_len
-        self.graphdef, self.params = nnx.split(model)
         self.stats = Stats()
-
-    def _program(self, kind: str, P: int = 0):
-        """The compiled prefill (one per padded length) or decode step, compiled ahead of time on first use."""
-        key = (self.graphdef, self.batch_size, self.max_len, kind, P)
-        if key not in _PROGRAMS:
-            t0 = time.perf_counter()
-            cfg, B, S = self.cfg, self.batch_size, self.max_len
-            i32, f32 = jnp.int32, jnp.float32
-            row, scalar = jax.ShapeDtypeStruct((B,), i32), jax.ShapeDtypeStruct((), i32)
-            sampling = (scalar, jax.ShapeDtypeStruct((), f32), scalar, jax.ShapeDtypeStruct((), f32))
-            if kind == "prefill":
-                fn = jax.jit(functools.partial(_prefill, self.graphdef, S))
-                args = (self.params, jax.ShapeDtypeStruct((B, P), i32), row, row, *sampling)
-            else:
-                cache = jax.ShapeDtypeStruct((cfg.n_layers, B, S, cfg.n_kv_heads, cfg.head_dim),
-                                             jnp.dtype(cfg.compute_dtype))
-                fn = jax.jit(functools.partial(_decode, self.graphdef, S), donate_argnums=(1, 2))
-                args = (self.params, cache, cache, row, scalar, scalar, row, row, *sampling)
-            _PROGRAMS[key] = fn.lower(*args).compile()
-            self.stats.compile_s += time.perf_counter() - t0
-        return _PROGRAMS[key]
 
     # -- generation -----------------------------------------------------------------------------------------
 
@@ -205,6 +183,38 @@ class Generator:
         if keep_logits:
             return outputs, [np.stack(x) if x else np.zeros((0, self.cfg.vocab_size), np.float32) for x in logits]
         return outputs, None
+
+    def _batch(self, prompts, rows, max_new, temperature, top_k, top_p, seed, stops, on_token, outputs, logits):
+        raise NotImplementedError
+
+
+class Generator(BatchedGenerator):
+    """Batched generation from a `GPT`: `batch_size` rows at a time, a cache of `max_len` positions."""
+
+    def __init__(self, model: GPT, *, batch_size: int, max_len: int):
+        super().__init__(model.cfg, batch_size=batch_size, max_len=max_len)
+        self.graphdef, self.params = nnx.split(model)
+
+    def _program(self, kind: str, P: int = 0):
+        """The compiled prefill (one per padded length) or decode step, compiled ahead of time on first use."""
+        key = (self.graphdef, self.batch_size, self.max_len, kind, P)
+        if key not in _PROGRAMS:
+            t0 = time.perf_counter()
+            cfg, B, S = self.cfg, self.batch_size, self.max_len
+            i32, f32 = jnp.int32, jnp.float32
+            row, scalar = jax.ShapeDtypeStruct((B,), i32), jax.ShapeDtypeStruct((), i32)
+            sampling = (scalar, jax.ShapeDtypeStruct((), f32), scalar, jax.ShapeDtypeStruct((), f32))
+            if kind == "prefill":
+                fn = jax.jit(functools.partial(_prefill, self.graphdef, S))
+                args = (self.params, jax.ShapeDtypeStruct((B, P), i32), row, row, *sampling)
+            else:
+                cache = jax.ShapeDtypeStruct((cfg.n_layers, B, S, cfg.n_kv_heads, cfg.head_dim),
+                                             jnp.dtype(cfg.compute_dtype))
+                fn = jax.jit(functools.partial(_decode, self.graphdef, S), donate_argnums=(1, 2))
+                args = (self.params, cache, cache, row, scalar, scalar, row, row, *sampling)
+            _PROGRAMS[key] = fn.lower(*args).compile()
+            self.stats.compile_s += time.perf_counter() - t0
+        return _PROGRAMS[key]
 
     def _batch(self, prompts, rows, max_new, temperature, top_k, top_p, seed, stops, on_token, outputs, logits):
         B = self.batch_size

@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from jax_nano.generate import GenerationError, Stats, check_request, prefill_length
+from jax_nano.generate import BatchedGenerator, prefill_length
 from torch_ref.model import MinimalLLM
 
 
@@ -25,44 +25,14 @@ def sample(logits_BV, generators, temperature: float, top_k: int, top_p: float):
     return ids_BK.gather(-1, picks_B1)[:, 0]
 
 
-class Generator:
+class Generator(BatchedGenerator):
     """Batched generation from a `MinimalLLM`: `batch_size` rows at a time, a cache of `max_len` positions."""
 
     def __init__(self, model: MinimalLLM, *, batch_size: int, max_len: int):
-        cfg = model.cfg
-        if batch_size <= 0:
-            raise GenerationError(f"batch_size {batch_size} must be positive")
-        if not 1 < max_len <= cfg.max_seq_len:
-            raise GenerationError(f"max_len {max_len} must be in 2..{cfg.max_seq_len} (the model's context)")
-        self.model, self.cfg, self.batch_size, self.max_len = model.eval(), cfg, batch_size, max_len
-        self.device = next(model.parameters()).device
-        self.stats = Stats()
-
-    def generate(self, prompts: list[list[int]], *, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int = 0, stop_ids=(0,), on_token=None) -> list[list[int]]:
-        """New tokens of every prompt (without the stop token that ended it); `on_token(i, token)` streams them
-        and ends prompt i where it returns True."""
-        return self._generate(prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, on_token)[0]
-
-    def generate_with_logits(self, prompts: list[list[int]], *, max_new_tokens: int, stop_ids=(0,)):
-        """Greedy `generate`, plus the float32 logits each new token was chosen from: per prompt (steps, vocab)."""
-        return self._generate(prompts, max_new_tokens, 0.0, 0, 1.0, 0, stop_ids, None, keep_logits=True)
+        super().__init__(model.cfg, batch_size=batch_size, max_len=max_len)
+        self.model, self.device = model.eval(), next(model.parameters()).device
 
     @torch.no_grad()
-    def _generate(self, prompts, max_new_tokens, temperature, top_k, top_p, seed, stop_ids, on_token,
-                  keep_logits=False):
-        check_request(prompts, max_new_tokens, self.max_len, temperature, top_k, top_p)
-        self.stats = Stats()
-        outputs, logits = [[] for _ in prompts], [[] for _ in prompts]
-        for start in range(0, len(prompts), self.batch_size):
-            rows = list(range(start, min(start + self.batch_size, len(prompts))))
-            self._batch(prompts, rows, max_new_tokens, temperature, top_k, top_p, seed, set(stop_ids), on_token,
-                        outputs, logits if keep_logits else None)
-        if keep_logits:
-            return outputs, [torch.stack(x).numpy() if x else torch.zeros(0, self.cfg.vocab_size).numpy()
-                             for x in logits]
-        return outputs, None
-
     def _batch(self, prompts, rows, max_new, temperature, top_k, top_p, seed, stops, on_token, outputs, logits):
         cfg, B, S, dev = self.cfg, len(rows), self.max_len, self.device
         lengths = [len(prompts[r]) for r in rows]
@@ -95,7 +65,7 @@ class Generator:
                     continue
                 outputs[r].append(token)
                 if logits is not None:
-                    logits[r].append(logits_BV[b].cpu())
+                    logits[r].append(logits_BV[b].cpu().numpy())
                 if on_token is not None and on_token(r, token):
                     live[b] = False
             if not any(live) or step == max_new - 1:
