@@ -171,13 +171,19 @@ class Attention(nnx.Module):
         w_o_DD = w_DE[:, cfg.d_model + 2 * cfg.kv_dim :]
         return q, k, v, lambda a: a @ w_o_DD
 
-    def __call__(self, x_BTD, cos_TP, sin_TP):
+    def _heads(self, x_BTD, rope):
+        """q and k (QK-normed, then rotated by `rope`) and v split into heads, and the output projection."""
         cfg = self.cfg
         B, T, _ = x_BTD.shape
         q, k, v, out_proj = self._project(x_BTD)
-        q_BTNH = apply_rope(self.q_norm(q.reshape(B, T, cfg.n_heads, cfg.head_dim)), cos_TP, sin_TP)
-        k_BTKH = apply_rope(self.k_norm(k.reshape(B, T, cfg.n_kv_heads, cfg.head_dim)), cos_TP, sin_TP)
-        v_BTKH = v.reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
+        q_BTNH = rope(self.q_norm(q.reshape(B, T, cfg.n_heads, cfg.head_dim)))
+        k_BTKH = rope(self.k_norm(k.reshape(B, T, cfg.n_kv_heads, cfg.head_dim)))
+        return q_BTNH, k_BTKH, v.reshape(B, T, cfg.n_kv_heads, cfg.head_dim), out_proj
+
+    def __call__(self, x_BTD, cos_TP, sin_TP):
+        cfg = self.cfg
+        B, T, _ = x_BTD.shape
+        q_BTNH, k_BTKH, v_BTKH, out_proj = self._heads(x_BTD, lambda x: apply_rope(x, cos_TP, sin_TP))
         a_BTNH = jax.nn.dot_product_attention(
             q_BTNH, k_BTKH, v_BTKH, scale=1.0 / math.sqrt(cfg.head_dim), is_causal=True,
             implementation=attention_kernel(cfg),
@@ -189,10 +195,7 @@ class Attention(nnx.Module):
         `kv` = (k_BSKH, v_BSKH), over the slots `mask_BTS` allows. Returns (output, updated kv)."""
         cfg = self.cfg
         B, T, _ = x_BTD.shape
-        q, k, v, out_proj = self._project(x_BTD)
-        q_BTNH = apply_rope_rows(self.q_norm(q.reshape(B, T, cfg.n_heads, cfg.head_dim)), cos_BTP, sin_BTP)
-        k_BTKH = apply_rope_rows(self.k_norm(k.reshape(B, T, cfg.n_kv_heads, cfg.head_dim)), cos_BTP, sin_BTP)
-        v_BTKH = v.reshape(B, T, cfg.n_kv_heads, cfg.head_dim)
+        q_BTNH, k_BTKH, v_BTKH, out_proj = self._heads(x_BTD, lambda x: apply_rope_rows(x, cos_BTP, sin_BTP))
         k_BSKH = jax.lax.dynamic_update_slice_in_dim(kv[0], k_BTKH.astype(kv[0].dtype), start, axis=1)
         v_BSKH = jax.lax.dynamic_update_slice_in_dim(kv[1], v_BTKH.astype(kv[1].dtype), start, axis=1)
         a_BTNH = jax.nn.dot_product_attention(
