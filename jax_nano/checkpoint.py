@@ -151,7 +151,8 @@ class Checkpoints:
         present = [f for f in root.rglob("*") if f.is_file() and f.relative_to(root).as_posix() not in _AFTER_SUMS]
         return checksums.problem(root, root / SUMS, present)
 
-    def _found(self) -> list:
+    def found(self) -> list:
+        """[(step, [its directory])], oldest first."""
         return [(step, [self.folder / str(step)]) for step in self.steps()]
 
     def save(self, step: int, state, progress, fp: dict) -> None:
@@ -169,7 +170,7 @@ class Checkpoints:
         from jax_nano.loop import Progress
 
         sync = multihost_utils.sync_global_devices if jax.process_count() > 1 else None
-        step = choose(self._found(), self.problem, fallback=fallback, aside=self.folder.parent / ASIDE,
+        step = choose(self.found(), self.problem, fallback=fallback, aside=self.folder.parent / ASIDE,
                       lead=jax.process_index() == 0, sync=sync)
         if step is None:
             return None
@@ -194,7 +195,7 @@ class Checkpoints:
         for step in mgr.all_steps():
             if step >= from_step:
                 mgr.delete(step)
-        return newest_verified(self._found(), self.problem)
+        return newest_verified(self.found(), self.problem)
 
     def close(self) -> None:
         if self._mgr is not None:

@@ -132,6 +132,22 @@ def test_every_damaged_checkpoint_file_is_refused_or_resumed_exactly(trained, tm
             assert same_weights(weights, trained["final"]), f"{what}: weights differ from the uninterrupted run"
 
 
+def test_a_damaged_checkpoint_is_refused_before_setup_and_compilation(trained, tmp_path, monkeypatch):
+    case = tmp_path / "runs" / "run"
+    shutil.copytree(trained["run"], case)
+    newest = case / "checkpoints" / ("6" if trained["framework"] == "jax" else "6.pt")
+    flip(max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size) if newest.is_dir()
+         else newest)
+
+    def no_trainer(*args, **kwargs):
+        raise AssertionError("the trainer was built (and would compile) before the checkpoint was verified")
+
+    monkeypatch.setattr(speedrun, "make_trainer", no_trainer)
+    with pytest.raises(CheckpointError, match=f"of step 6 fails verification.*step 4 verifies: pass {FALLBACK_FLAG}"):
+        speedrun.speedrun(fault_track(trained["store"], trained["framework"]), run_name="run", resume=True,
+                          results_dir=tmp_path / "results", runs_dir=tmp_path / "runs", show_bar=False)
+
+
 def test_checkpoints_without_checksums_are_refused(trained, tmp_path):
     """Checkpoints written before checksums existed: refused, none verifies, nothing is moved or deleted."""
     case = tmp_path / "old"
