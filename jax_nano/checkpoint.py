@@ -162,18 +162,19 @@ class Checkpoints:
         self._manager().save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                                            meta=ocp.args.JsonSave(meta)))
 
-    def restore(self, abstract_state, fp: dict, *, fallback: bool = False):
-        """(state, Progress) of the newest checkpoint that verifies (see `choose`), None if the run has none."""
+    def choose(self, *, fallback: bool = False) -> int | None:
+        """The step a resume takes: the newest checkpoint that verifies (module `choose`); None if there is none."""
         import jax
         from jax.experimental import multihost_utils
 
+        sync = multihost_utils.sync_global_devices if jax.process_count() > 1 else None
+        return choose(self.found(), self.problem, fallback=fallback, aside=self.folder.parent / ASIDE,
+                      lead=jax.process_index() == 0, sync=sync)
+
+    def restore(self, step: int, abstract_state, fp: dict):
+        """(state, Progress) of the checkpoint of `step`, one that `choose` verified."""
         from jax_nano.loop import Progress
 
-        sync = multihost_utils.sync_global_devices if jax.process_count() > 1 else None
-        step = choose(self.found(), self.problem, fallback=fallback, aside=self.folder.parent / ASIDE,
-                      lead=jax.process_index() == 0, sync=sync)
-        if step is None:
-            return None
         mgr = self._manager()
         mgr.reload()
         where = self.folder / str(step)

@@ -13,7 +13,6 @@ import jax
 from configs.errors import UserError
 from configs.model import get_model_config
 from configs.tracks import Track
-from jax_nano import checkpoint as ckpt
 from jax_nano import checksums, data, loop, report
 from jax_nano.convert import save_torch, upstream_checkpoint
 from jax_nano.eligibility import check as eligibility
@@ -34,20 +33,6 @@ def make_trainer(track: Track, run_dir: Path, init_state_dict=None, mesh=None):
     from torch_ref.train import TorchTrainer
 
     return TorchTrainer(track, cfg, run_dir=run_dir, init_state_dict=init_state_dict)
-
-
-def refuse_unverified(framework: str, run_dir: Path) -> None:
-    """A resume's checksum verification, before the trainer is set up and compiled: a damaged newest checkpoint is
-    refused at once, not after minutes of compilation (the restore verifies again before it reads anything)."""
-    folder = run_dir / "checkpoints"
-    if framework == "jax":
-        checkpoints = ckpt.Checkpoints(run_dir, keep=1)
-        found, problem = checkpoints.found(), checkpoints.problem
-    else:
-        from torch_ref import checkpoint as torch_ckpt
-
-        found, problem = torch_ckpt.found(folder), lambda step: torch_ckpt.problem(folder, step)
-    ckpt.choose(found, problem, fallback=False, aside=run_dir / ckpt.ASIDE)
 
 
 def git_commit() -> str:
@@ -140,14 +125,14 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
 
         init_state_dict = fit_state_dict(read_state_dict(init_from), cfg, where=init_from)
 
-    if resume and not fallback:
-        refuse_unverified(track.framework, run_dir)
     trainer = make_trainer(track, run_dir, init_state_dict, built_mesh)
+    # The checksums are verified before setup, so a damaged checkpoint is refused before any compilation.
+    step = trainer.resume_step(fallback) if resume else None
+    if resume and step is None:  # only something else under a checkpoint's name, e.g. a file named 4 in a JAX run
+        raise RunError(f"--resume: run {run_name!r} has no checkpoint {trainer.framework} can read in {run_dir}")
     warm = data.TrainLoader(store, track.batch_size, track.seed, prefetch=0, **share)
     setup_s = trainer.setup([warm.batch(i) for i in range(track.warmup_steps)], val_NBT)
-    progress = trainer.restore(fallback=fallback) if resume else loop.Progress()
-    if progress is None:  # only something else under a checkpoint's name, e.g. a file named 4 in a JAX run
-        raise RunError(f"--resume: run {run_name!r} has no checkpoint {trainer.framework} can read in {run_dir}")
+    progress = trainer.restore(step) if resume else loop.Progress()
     loader = data.TrainLoader(store, track.batch_size, track.seed, start_step=progress.next_step, **share)
     counter = compile_counter()
     compiles_before = counter.count

@@ -229,13 +229,14 @@ class JaxTrainer:
     def save(self, progress, fingerprint: dict | None = None):
         self.manager().save(int(progress.next_step), self.state, progress, fingerprint or self.fingerprint())
 
-    def restore(self, fallback: bool = False):
-        """The Progress of the newest checkpoint that verifies, its state restored into this trainer; None if there
-        is none. A newer one that fails is refused, or with `fallback` set aside (jax_nano/checkpoint.py)."""
-        found = self.manager().restore(self.abstract_state(), self.fingerprint(), fallback=fallback)
-        if found is None:
-            return None
-        self.state, progress = found
+    def resume_step(self, fallback: bool = False) -> int | None:
+        """The newest checkpoint that verifies, None if there is none; a newer one that fails is refused, or with
+        `fallback` set aside (jax_nano/checkpoint.py). Reads checksums only: it can run before `setup`."""
+        return self.manager().choose(fallback=fallback)
+
+    def restore(self, step: int):
+        """The Progress of the checkpoint of `step` (from `resume_step`), its state restored into this trainer."""
+        self.state, progress = self.manager().restore(step, self.abstract_state(), self.fingerprint())
         return progress
 
     def discard_checkpoints(self, from_step: int) -> int | None:

@@ -91,7 +91,7 @@ def resume_and_finish(trainer, run_dir: Path, store: str, fallback: bool):
     """Restore as `--resume` does and train to the end of the run; the final weights."""
     trainer.close()
     trainer.run_dir = run_dir
-    progress = trainer.restore(fallback=fallback)
+    progress = trainer.restore(trainer.resume_step(fallback))
     loader = data.TrainLoader(data.open_store(store, seq_len=64), 8, trainer.track.seed, prefetch=0)
     for step in range(progress.next_step, STEPS):
         trainer.read(trainer.step(loader.batch(step)))
@@ -139,10 +139,18 @@ def test_a_damaged_checkpoint_is_refused_before_setup_and_compilation(trained, t
     flip(max((p for p in newest.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size) if newest.is_dir()
          else newest)
 
-    def no_trainer(*args, **kwargs):
-        raise AssertionError("the trainer was built (and would compile) before the checkpoint was verified")
+    make = speedrun.make_trainer
 
-    monkeypatch.setattr(speedrun, "make_trainer", no_trainer)
+    def trainer_without_setup(*args, **kwargs):
+        trainer = make(*args, **kwargs)
+
+        def no_setup(*args, **kwargs):
+            raise AssertionError("the trainer was set up (and compiled) before the checkpoint was verified")
+
+        trainer.setup = no_setup
+        return trainer
+
+    monkeypatch.setattr(speedrun, "make_trainer", trainer_without_setup)
     with pytest.raises(CheckpointError, match=f"of step 6 fails verification.*step 4 verifies: pass {FALLBACK_FLAG}"):
         speedrun.speedrun(fault_track(trained["store"], trained["framework"]), run_name="run", resume=True,
                           results_dir=tmp_path / "results", runs_dir=tmp_path / "runs", show_bar=False)

@@ -42,11 +42,14 @@ def save(folder: Path, step: int, payload: dict, keep: int) -> None:
             old.unlink(missing_ok=True)
 
 
-def load(folder: Path, fp: dict, *, device, fallback: bool = False) -> dict | None:
-    """The payload of the newest checkpoint that verifies; None if the run has none."""
-    step = choose(found(folder), lambda s: problem(folder, s), fallback=fallback, aside=folder.parent / ASIDE)
-    if step is None:
-        return None
+def choose_step(folder: Path, *, fallback: bool = False) -> int | None:
+    """The step a resume takes: the newest checkpoint that verifies (jax_nano/checkpoint.py `choose`); None if the
+    run has none."""
+    return choose(found(folder), lambda s: problem(folder, s), fallback=fallback, aside=folder.parent / ASIDE)
+
+
+def load(folder: Path, step: int, fp: dict, *, device) -> dict:
+    """The payload of the checkpoint of `step`, one that `choose_step` verified."""
     path = folder / f"{step}.pt"
     try:
         payload = torch.load(path, map_location=device, weights_only=True)

@@ -118,14 +118,16 @@ class TorchTrainer:
                    "progress": dataclasses.asdict(progress), "fingerprint": self.fingerprint()}
         torch_ckpt.save(self._folder(), progress.next_step, payload, self.track.keep_checkpoints)
 
-    def restore(self, fallback: bool = False):
-        """The Progress of the newest checkpoint that verifies, its state loaded into this trainer; None if there
-        is none. A newer one that fails is refused, or with `fallback` set aside (torch_ref/checkpoint.py)."""
+    def resume_step(self, fallback: bool = False) -> int | None:
+        """The newest checkpoint that verifies, None if there is none; a newer one that fails is refused, or with
+        `fallback` set aside (torch_ref/checkpoint.py). Reads checksums only: it can run before `setup`."""
+        return torch_ckpt.choose_step(self._folder(), fallback=fallback)
+
+    def restore(self, step: int):
+        """The Progress of the checkpoint of `step` (from `resume_step`), its state loaded into this trainer."""
         from jax_nano.loop import Progress
 
-        payload = torch_ckpt.load(self._folder(), self.fingerprint(), device=self.device, fallback=fallback)
-        if payload is None:
-            return None
+        payload = torch_ckpt.load(self._folder(), step, self.fingerprint(), device=self.device)
         self.model.load_state_dict(payload["model"])
         for obj, state in zip(self.optimizers + self.schedulers, payload["optimizers"] + payload["schedulers"]):
             obj.load_state_dict(state)
