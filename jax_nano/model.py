@@ -65,8 +65,7 @@ def _rms_stats(x):
 def rms_norm(x, scale, dtype):
     """x / rms(x) * scale over the last axis, returned in `dtype`. The backward pass keeps only x (in its own
     dtype) and the per-row 1/rms, and recomputes the rest."""
-    x32, inv_rms = _rms_stats(x)
-    return (x32 * inv_rms * scale.astype(jnp.float32)).astype(dtype)
+    return _rms_norm_fwd(x, scale, dtype)[0]
 
 
 def _rms_norm_fwd(x, scale, dtype):
@@ -106,9 +105,7 @@ def _linear(d_in: int, d_out: int, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Line
 
 def rope_tables(seq_len: int, head_dim: int, base: float):
     """cos/sin of shape (T, head_dim/2): pair i of every head turns by pos * base**(-2i/head_dim)."""
-    inv_freq = base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-    angles_TP = jnp.arange(seq_len, dtype=jnp.float32)[:, None] * inv_freq[None, :]
-    return jnp.cos(angles_TP), jnp.sin(angles_TP)
+    return rope_at(jnp.arange(seq_len, dtype=jnp.float32), head_dim, base)
 
 
 def apply_rope(x_BTNH, cos_TP, sin_TP):
