@@ -169,17 +169,26 @@ def _unwrap(tree):
 
 def restore_params(run_dir) -> tuple[dict, dict]:
     """(params as a nested dict of numpy arrays, the checkpoint's fingerprint) of a run's latest orbax
-    checkpoint (runs/NAME/checkpoints/STEP/{state,meta}); the optimizer state is not read."""
+    checkpoint (runs/NAME/checkpoints/STEP/{state,meta}), once its checksums verify; the optimizer state is not
+    read."""
     import orbax.checkpoint as ocp
+
+    from jax_nano.checkpoint import Checkpoints
 
     ckpt_dir = Path(run_dir).absolute() / "checkpoints"
     if not ckpt_dir.is_dir():
         raise WeightsError(f"{run_dir}: no such run (no checkpoints directory); pass the name of a run trained "
                            "here (--run-name), or --runs-dir where it lives")
+    # The run's newest checkpoint, verified against the checksums written with it before a byte is used.
+    checkpoints = Checkpoints(run_dir, keep=1)
+    steps = checkpoints.steps()
+    if not steps:
+        raise WeightsError(f"{run_dir}: the run has no finished checkpoint yet")
+    step = steps[-1]
+    wrong = checkpoints.problem(step)
+    if wrong:
+        raise WeightsError(f"{run_dir}: its newest checkpoint (step {step}) fails verification: {wrong}")
     with ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(create=False)) as mgr:
-        step = mgr.latest_step()
-        if step is None:
-            raise WeightsError(f"{run_dir}: the run has no finished checkpoint yet")
         where = ckpt_dir / str(step)
         try:
             fingerprint = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"][

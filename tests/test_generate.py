@@ -2,6 +2,7 @@
 invisible, seeded sampling repeats, and a whole generation compiles one prefill and one decode step."""
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 import jax
@@ -171,7 +172,7 @@ def test_stop_ids_end_a_row_and_on_token_streams(jax_gen):
         gen.generate([[1] * 40], max_new_tokens=10)
 
 
-def test_upstream_export_loads_the_way_upstreams_trainer_loads_it(trained_run, jax_gen):
+def test_upstream_export_loads_the_way_upstreams_trainer_loads_it(trained_run, jax_gen, tmp_path):
     summary, runs_dir, path = trained_run
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     assert set(ckpt) == {"model_state_dict", "config", "metrics", "step"} and ckpt["step"] == summary["steps"]
@@ -185,6 +186,17 @@ def test_upstream_export_loads_the_way_upstreams_trainer_loads_it(trained_run, j
     np.testing.assert_allclose(np.asarray(from_run(np.asarray([PROMPTS[2]]))), expected, atol=1e-5)
     with pytest.raises(WeightsError, match="parameter .* has shape"):
         load_model(run=summary["run"], runs_dir=runs_dir, preset="small")
+    # A damaged checkpoint is refused on its checksums, not loaded.
+    damaged = tmp_path / "runs"
+    shutil.copytree(runs_dir, damaged)
+    step_dir = max((damaged / summary["run"] / "checkpoints").iterdir(), key=lambda p: int(p.name))
+    data_file = max((p for p in step_dir.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    raw = bytearray(data_file.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data_file.write_bytes(bytes(raw))
+    with pytest.raises(WeightsError, match=rf"newest checkpoint \(step {step_dir.name}\) fails verification: "
+                                           rf".*{data_file.name} is damaged"):
+        load_model(run=summary["run"], runs_dir=damaged)
 
 
 @pytest.fixture(scope="module")
