@@ -29,6 +29,7 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from configs.errors import UserError
+from jax_nano.model import map_position_chunks
 
 log = logging.getLogger(__name__)
 
@@ -115,20 +116,15 @@ def _token_scores(graphdef, state, inputs_BT, targets_BT):
     model = nnx.merge(graphdef, state)
     h_BTD = model.hidden(inputs_BT)
     B, T, D = h_BTD.shape
-    n = B * T
-    chunk = min(LOGITS_CHUNK, n)
-    pad = -n % chunk
-    h_CKD = jnp.pad(h_BTD.reshape(n, D), ((0, pad), (0, 0))).reshape(-1, chunk, D)
-    targets_CK = jnp.pad(targets_BT.reshape(n), (0, pad)).reshape(-1, chunk)
 
-    def one_chunk(xs):
-        h_KD, targets_K = xs
+    def one_chunk(h_KD, targets_K):
         logits_KV = model.logits(h_KD).astype(jnp.float32)
         target_K = jnp.take_along_axis(logits_KV, targets_K[:, None], axis=-1)[:, 0]
         return target_K - jax.nn.logsumexp(logits_KV, axis=-1), jnp.argmax(logits_KV, axis=-1) == targets_K
 
-    logp_CK, hit_CK = jax.lax.map(one_chunk, (h_CKD, targets_CK))
-    return logp_CK.reshape(-1)[:n].reshape(B, T), hit_CK.reshape(-1)[:n].reshape(B, T)
+    logp_N, hit_N = map_position_chunks(one_chunk, h_BTD.reshape(B * T, D), targets_BT.reshape(B * T),
+                                        min(LOGITS_CHUNK, B * T))
+    return logp_N.reshape(B, T), hit_N.reshape(B, T)
 
 
 def engine_for(model):

@@ -329,18 +329,24 @@ def loss_fn(model: GPT, ids_BT):
         nll = jax.checkpoint(_nll)(logits_BTV.reshape(-1, logits_BTV.shape[-1]), ids_BT[:, 1:].reshape(-1))
         return jnp.mean(nll)
     h_BTD = model.hidden(ids_BT)[:, :-1]
-    n, d = h_BTD.shape[0] * h_BTD.shape[1], h_BTD.shape[2]
-    pad = -n % chunk
-    h_CKD = jnp.pad(h_BTD.reshape(n, d), ((0, pad), (0, 0))).reshape(-1, chunk, d)
-    labels_CK = jnp.pad(ids_BT[:, 1:].reshape(n), (0, pad)).reshape(-1, chunk)
+    n = h_BTD.shape[0] * h_BTD.shape[1]
 
     @jax.checkpoint  # the backward pass recomputes each chunk's logits instead of keeping them all
-    def chunk_nll(xs):
-        h_KD, labels_K = xs
+    def chunk_nll(h_KD, labels_K):
         return _nll(model.logits(h_KD), labels_K)
 
-    nll_CK = jax.lax.map(chunk_nll, (h_CKD, labels_CK))
-    return jnp.sum(nll_CK.reshape(-1)[:n]) / n
+    return jnp.sum(map_position_chunks(chunk_nll, h_BTD.reshape(n, -1), ids_BT[:, 1:].reshape(n), chunk)) / n
+
+
+def map_position_chunks(fn, h_ND, labels_N, chunk: int):
+    """`fn(h_KD, labels_K)` over `chunk` positions at a time (the last chunk padded), so the (positions x vocab)
+    logits are never formed whole; its outputs per position, (N, ...)."""
+    n, d = h_ND.shape
+    pad = -n % chunk
+    h_CKD = jnp.pad(h_ND, ((0, pad), (0, 0))).reshape(-1, chunk, d)
+    labels_CK = jnp.pad(labels_N, (0, pad)).reshape(-1, chunk)
+    out = jax.lax.map(lambda xs: fn(*xs), (h_CKD, labels_CK))
+    return jax.tree.map(lambda o_CK: o_CK.reshape(-1, *o_CK.shape[2:])[:n], out)
 
 
 def count_params(cfg: ModelConfig) -> int:
