@@ -24,13 +24,9 @@ class TorchEngine:
     @classmethod
     def from_jax(cls, jax_model) -> "TorchEngine":
         """The PyTorch twin of a jax-nano `GPT`, with its weights (on the GPU when there is one)."""
-        from flax import nnx
+        from jax_nano.weights import to_torch_model
 
-        from jax_nano.convert import jax_to_torch
-
-        model = MinimalLLM(jax_model.cfg)
-        model.load_state_dict(jax_to_torch(nnx.state(jax_model, nnx.Param), jax_model.cfg), strict=True)
-        return cls(model.to("cuda" if torch.cuda.is_available() else "cpu"))
+        return cls(to_torch_model(jax_model, jax_model.cfg).to("cuda" if torch.cuda.is_available() else "cpu"))
 
     def device_name(self) -> str:
         if self.device.type == "cuda":
