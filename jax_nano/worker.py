@@ -136,11 +136,10 @@ def main(job_path: str) -> int:
 
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {dump_flags(job['dump_dir'])}".strip()
     try:
-        import jax
-
         if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-            jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+            from jax_nano.cli import use_compilation_cache
+
+            use_compilation_cache(os.environ["JAX_COMPILATION_CACHE_DIR"])
         result = run_job(job)
     except UserError as e:
         out.write_text(json.dumps({"error": str(e)}))

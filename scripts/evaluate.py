@@ -7,14 +7,13 @@
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from configs.model import PRESETS, ConfigError  # noqa: E402
-from jax_nano.cli import run_main  # noqa: E402
+from jax_nano.cli import run_main, use_compilation_cache  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -65,16 +64,13 @@ def main(argv=None) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size {args.batch_size} must be at least 1")
 
-    import jax
 
     from jax_nano import harness
 
     harness.require_lm_eval()
     from jax_nano.lm_eval_model import JaxNanoLM
 
-    # A second evaluation of the same model compiles from this cache in seconds.
-    jax.config.update("jax_compilation_cache_dir",
-                      os.environ.get("JAX_NANO_CACHE", str(Path.home() / ".cache" / "jax-nano" / "xla")))
+    use_compilation_cache()
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(harness.DEFAULT_TASKS)
     manager, built = harness.load_tasks(tasks, args.include_path)
     lm = JaxNanoLM(run=args.run, state_dict=args.state_dict, preset=args.model, framework=args.framework,

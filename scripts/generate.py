@@ -11,7 +11,6 @@ tokenizer; one prompt is streamed as it is produced, several are printed prompt 
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -20,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from configs.errors import UserError  # noqa: E402
 from configs.model import PRESETS  # noqa: E402
-from jax_nano.cli import run_main  # noqa: E402
+from jax_nano.cli import run_main, use_compilation_cache  # noqa: E402
 
 
 class PromptError(UserError):
@@ -155,9 +154,7 @@ def main(argv=None) -> int:
 
     import jax
 
-    jax.config.update("jax_compilation_cache_dir",
-                      os.environ.get("JAX_NANO_CACHE", str(Path.home() / ".cache" / "jax-nano" / "xla")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    use_compilation_cache()
     from jax_nano.weights import load_model
 
     model, cfg = load_model(run=args.run, state_dict=args.state_dict, preset=args.model, runs_dir=args.runs_dir)

