@@ -137,9 +137,10 @@ def torch_fix(driver: str) -> str:
             f"--index-url {TORCH_INDEX}/{cuda}")
 
 
-def check_device(device: str, frameworks) -> None:
+def check_device(device: str, frameworks, cpu_fix: str = "pass --device cpu") -> None:
     """Stop before any work when `device` cannot be used by every framework in `frameworks` (module docstring).
-    Call it before JAX initializes a backend: "cpu" only takes effect then."""
+    Call it before JAX initializes a backend: "cpu" only takes effect then. `cpu_fix`: what the calling command
+    takes to run on the CPU instead, for the messages."""
     if device not in DEVICES:
         raise DeviceError(f"unknown --device {device!r}; choose one of {', '.join(DEVICES)}")
     unknown = [f for f in frameworks if f not in FRAMEWORKS]
@@ -155,7 +156,7 @@ def check_device(device: str, frameworks) -> None:
     if driver is None:
         if device == "gpu":
             raise DeviceError("--device gpu: this machine has no NVIDIA GPU (nvidia-smi lists none and "
-                              "/proc/driver/nvidia/gpus is missing); run on a GPU machine or pass --device cpu")
+                              f"/proc/driver/nvidia/gpus is missing); run on a GPU machine or {cpu_fix}")
         return
     probes = {"jax": (jax_gpu_usable, jax_fix, "JAX"), "torch": (torch_gpu_usable, torch_fix, "PyTorch")}
     for framework in FRAMEWORKS:
@@ -165,4 +166,4 @@ def check_device(device: str, frameworks) -> None:
         found = probe()
         if not found.usable:
             raise DeviceError(f"{label} cannot use the NVIDIA GPU (driver {driver}; installed {found.build}): "
-                              f"{fix(driver)}, or pass --device cpu to train on the CPU on purpose")
+                              f"{fix(driver)}, or {cpu_fix} to train on the CPU on purpose")
