@@ -9,7 +9,8 @@ from flax import nnx
 
 from configs.model import ConfigError, get_model_config
 from jax_nano import model as jm
-from jax_nano.convert import ConversionError, jax_to_torch, load_params, torch_to_jax
+from jax_nano.interop.convert import jax_to_torch, torch_to_jax
+from jax_nano.layout import ConversionError, load_params
 from parity_tests.compare import assert_all_close, max_abs_error
 from torch_ref import model as tm
 
@@ -152,7 +153,7 @@ def test_bad_configs_are_one_line_errors():
 
 
 def test_eligibility_cli_exit_codes(capsys):
-    from jax_nano.eligibility import main
+    from jax_nano.run.eligibility import main
 
     assert main(["--model", "blueberry-151m"]) == 0
     assert "151,032,320" in capsys.readouterr().out

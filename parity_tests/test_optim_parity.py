@@ -18,7 +18,8 @@ from torch import nn
 from configs.model import ConfigError, get_model_config
 from configs.optim import OptimConfig
 from jax_nano import optim as jopt
-from jax_nano.convert import expected_torch_shapes, jax_to_torch, load_params, torch_to_jax
+from jax_nano.interop.convert import jax_to_torch, torch_to_jax
+from jax_nano.layout import load_params, upstream_shapes
 from jax_nano.model import GPT
 from jax_nano.model import loss_fn as jax_loss
 from parity_tests.compare import assert_all_close, rel_errors
@@ -61,7 +62,7 @@ def module_from(tensors: dict) -> nn.Module:
 
 def random_torch_tree(cfg, seed: int, scale: float) -> dict:
     g = torch.Generator().manual_seed(seed)
-    return {name: torch.randn(shape, generator=g) * scale for name, shape in expected_torch_shapes(cfg).items()}
+    return {name: torch.randn(shape, generator=g) * scale for name, shape in upstream_shapes(cfg).items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------

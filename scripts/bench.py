@@ -6,7 +6,7 @@ JAX lever against the default, on random tokens; writes results/bench-<device>.{
     python scripts/bench.py --levers remat-full,unrolled --repeats 3
     python scripts/bench.py --smoke                  # the same suite on the tiny model, on the CPU
 
-The suite is jax_nano/bench.py; every figure comes from the runs themselves, with the device they ran on.
+The suite is jax_nano/bench/bench.py; every figure comes from the runs themselves, with the device they ran on.
 """
 
 import argparse
@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from configs.tracks import FRAMEWORKS  # noqa: E402
-from jax_nano.cli import run_main  # noqa: E402
+from jax_nano.core.cli import run_main  # noqa: E402
 
 # Defaults that differ in smoke mode: (full suite, --smoke).
 DEFAULTS = {"steps": (30, 3), "warmup": (None, 1), "repeats": (2, 1), "profile_steps": (5, 2),
@@ -25,7 +25,7 @@ DEFAULTS = {"steps": (30, 3), "warmup": (None, 1), "repeats": (2, 1), "profile_s
 
 
 def parser() -> argparse.ArgumentParser:
-    from jax_nano.bench import LEVERS
+    from jax_nano.bench.bench import LEVERS
 
     levers = "\n".join(f"  {lever.name}: {lever.about}" for lever in LEVERS)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
@@ -54,8 +54,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from jax_nano import bench
-    from jax_nano.device import check_device
+    from jax_nano.bench import bench
+    from jax_nano.core.device import check_device
 
     args = parser().parse_args(argv)
     device = args.device or ("cpu" if args.smoke else "gpu")

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from configs.tracks import FRAMEWORKS, TRACKS  # noqa: E402
-from jax_nano.cli import OVERRIDES, add_flag, run_main, track_from_args  # noqa: E402
-from jax_nano.device import DEVICES, check_device  # noqa: E402
+from jax_nano.core.cli import OVERRIDES, add_flag, run_main, track_from_args  # noqa: E402
+from jax_nano.core.device import DEVICES, check_device  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -54,7 +54,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from jax_nano import compare
+    from jax_nano.bench import compare
 
     args = parser().parse_args(argv)
     if args.repeats < 1:

@@ -13,11 +13,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from configs.model import PRESETS, ConfigError  # noqa: E402
-from jax_nano.cli import run_main, use_compilation_cache  # noqa: E402
+from jax_nano.core.cli import run_main, use_compilation_cache  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
-    from jax_nano.harness import DEFAULT_TASKS
+    from jax_nano.evaluate.task_scores import DEFAULT_TASKS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
     w = p.add_argument_group("the weights (one of)")
@@ -65,24 +65,24 @@ def main(argv=None) -> int:
         raise ConfigError(f"--batch-size {args.batch_size} must be at least 1")
 
 
-    from jax_nano import harness
+    from jax_nano.evaluate import task_scores
 
-    harness.require_lm_eval()
-    from jax_nano.lm_eval_model import JaxNanoLM
+    task_scores.require_lm_eval()
+    from jax_nano.evaluate.lm_eval_model import JaxNanoLM
 
     use_compilation_cache()
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(harness.DEFAULT_TASKS)
-    manager, built = harness.load_tasks(tasks, args.include_path)
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(task_scores.DEFAULT_TASKS)
+    manager, built = task_scores.load_tasks(tasks, args.include_path)
     lm = JaxNanoLM(run=args.run, state_dict=args.state_dict, preset=args.model, framework=args.framework,
                    batch_size=args.batch_size, runs_dir=args.runs_dir, compute_dtype=args.compute_dtype,
                    show_bar=not args.no_bar)
-    scores = harness.run_tasks(lm, built, manager=manager, limit=limit, num_fewshot=args.num_fewshot)
+    scores = task_scores.run_tasks(lm, built, manager=manager, limit=limit, num_fewshot=args.num_fewshot)
     name = output_name(args)
-    md, js = harness.write(args.results_dir, name, scores)
-    print(harness.to_markdown(name, scores))
+    md, js = task_scores.write(args.results_dir, name, scores)
+    print(task_scores.to_markdown(name, scores))
     print(f"wrote {md} and {js}")
     if args.run is not None:
-        summary = harness.link_summary(args.results_dir, args.run, js)
+        summary = task_scores.link_summary(args.results_dir, args.run, js)
         if summary is not None:
             print(f"{summary} names them (eval_results)")
     return 0

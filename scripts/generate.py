@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT))
 
 from configs.errors import UserError  # noqa: E402
 from configs.model import PRESETS  # noqa: E402
-from jax_nano.cli import run_main, use_compilation_cache  # noqa: E402
+from jax_nano.core.cli import run_main, use_compilation_cache  # noqa: E402
 
 
 class PromptError(UserError):
@@ -65,7 +65,7 @@ def read_prompts(args) -> list[str]:
 
 def encode(prompts: list[str], cfg, max_new: int) -> tuple[list[list[int]], int]:
     """Token ids of every prompt and the number of new tokens that fit the model's context."""
-    from jax_nano import tokenizer
+    from jax_nano.data import tokenizer
 
     if cfg.vocab_size != tokenizer.VOCAB_SIZE:
         raise PromptError(f"model {cfg.name!r} has a {cfg.vocab_size}-token vocabulary, not the SmolLM2 tokenizer's "
@@ -87,7 +87,7 @@ class Printer:
     """Text as it is produced: one prompt streams token by token; several come out prompt by prompt."""
 
     def __init__(self, prompts: list[str], max_new: int):
-        from jax_nano import tokenizer
+        from jax_nano.data import tokenizer
 
         self.tok, self.prompts = tokenizer.load(), prompts
         self.tokens = [[] for _ in prompts]
@@ -121,14 +121,14 @@ class Printer:
 
 
 def build_generator(args, batch_size: int, max_new: int, lengths: list[int], cfg, model):
-    from jax_nano.generate import prefill_length
+    from jax_nano.core.generation import prefill_length
 
     # Prompt lengths rounded up to a power of two: similar prompts reuse the compiled programs (and the cache).
     max_len = min(cfg.max_seq_len, prefill_length(max(lengths), cfg.max_seq_len) + max_new)
     if args.framework == "torch":
         import torch
 
-        from jax_nano.weights import to_torch_model
+        from jax_nano.interop.convert import to_torch_model
         from torch_ref.generate import Generator
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -140,7 +140,7 @@ def build_generator(args, batch_size: int, max_new: int, lengths: list[int], cfg
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    from jax_nano.generate import GenerationError, check_sampling
+    from jax_nano.core.generation import GenerationError, check_sampling
 
     temperature = 0.0 if args.greedy else args.temperature
     check_sampling(temperature, args.top_k, args.top_p)
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     import jax
 
     use_compilation_cache()
-    from jax_nano.weights import load_model
+    from jax_nano.interop.weights import load_model
 
     model, cfg = load_model(run=args.run, state_dict=args.state_dict, preset=args.model, runs_dir=args.runs_dir)
     ids, max_new = encode(prompts, cfg, args.max_new_tokens)

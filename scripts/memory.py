@@ -9,8 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from jax_nano.cli import run_main  # noqa: E402
-from jax_nano.memory import main  # noqa: E402
+from jax_nano.bench.memory import main  # noqa: E402
+from jax_nano.core.cli import run_main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_main(main))

@@ -23,9 +23,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jax_nano import data
-from jax_nano.cli import run_main
-from jax_nano.data import DataError
+from jax_nano.core.cli import run_main
+from jax_nano.data.sources import HUB_DATASET, dataset_chunks, load_hub, load_local
+from jax_nano.data.token_store import DataError, refuse_existing, write_store
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text", ".gz")
 _DOCS_PER_BATCH = 64
@@ -90,7 +90,7 @@ def tokenize_docs(docs: Iterable[str], total: int | None) -> Iterator[np.ndarray
     """Token ids of each document followed by <|endoftext|>, in batches (the Rust tokenizer runs them in parallel)."""
     from tqdm import tqdm
 
-    from jax_nano import tokenizer
+    from jax_nano.data import tokenizer
 
     eos = np.array([tokenizer.EOS_ID], np.int64)
     n_tokens = 0
@@ -186,8 +186,8 @@ def _limit(chunks: Iterable[np.ndarray], max_tokens: int | None) -> Iterator[np.
 
 
 def from_dataset(args, ds, source: str, extra: dict) -> dict:
-    chunks = data.dataset_chunks(ds, seq_len=args.seq_len)
-    return data.write_store(
+    chunks = dataset_chunks(ds, seq_len=args.seq_len)
+    return write_store(
         args.out_path,
         _limit(chunks, args.max_tokens),
         seq_len=args.seq_len,
@@ -200,13 +200,13 @@ def from_dataset(args, ds, source: str, extra: dict) -> dict:
 
 
 def from_files(args, files: list[Path], source: str, extra: dict) -> dict:
-    from jax_nano import tokenizer
+    from jax_nano.data import tokenizer
 
     if args.vocab_size != tokenizer.VOCAB_SIZE:
         raise DataError(f"text is tokenized with SmolLM2 (vocab {tokenizer.VOCAB_SIZE}); drop --vocab-size")
     tokenizer.load()  # fail on a missing tokenizer before reading any text
     docs = (read_text(f) for f in files)
-    return data.write_store(
+    return write_store(
         args.out_path,
         _limit(tokenize_docs(docs, len(files)), args.max_tokens),
         seq_len=args.seq_len,
@@ -221,12 +221,12 @@ def from_files(args, files: list[Path], source: str, extra: dict) -> dict:
 def run(args) -> dict:
     if args.source == "hub":
         args.out_path = Path(args.out or f"processed_data/blueberry-{args.rows}")
-        data.refuse_existing(args.out_path, args.overwrite)
-        ds = data.load_hub(args.dataset, rows=args.rows)
+        refuse_existing(args.out_path, args.overwrite)
+        ds = load_hub(args.dataset, rows=args.rows)
         return from_dataset(args, ds, f"hub:{args.dataset} train[:{args.rows}]", {"rows_requested": args.rows})
     if args.source == "offline":
         args.out_path = Path(args.out or "processed_data/offline")
-        data.refuse_existing(args.out_path, args.overwrite)
+        refuse_existing(args.out_path, args.overwrite)
         names = args.sources.split(",") if args.sources else list(SOURCES)
         with tempfile.TemporaryDirectory(prefix="jax-nano-offline-") as tmp:
             files, provenance = offline_docs(names, Path(tmp))
@@ -235,20 +235,20 @@ def run(args) -> dict:
     args.out_path = Path(args.out or f"processed_data/{src.stem or 'local'}")
     if not src.exists():
         raise DataError(f"--source {src} does not exist; use 'hub', 'offline' or a path to a dataset or text files")
-    data.refuse_existing(args.out_path, args.overwrite)
+    refuse_existing(args.out_path, args.overwrite)
     if is_text_source(src):
         files = [f for f in text_files(src) if f.stat().st_size > 0]
         if not files:
             raise DataError(f"--source {src} holds no text (its files are empty); nothing to tokenize")
         return from_files(args, files, f"text:{src}", {"files": len(files)})
-    ds = data.load_local(src, rows=args.rows)
+    ds = load_local(src, rows=args.rows)
     return from_dataset(args, ds, f"local:{src}", {"rows_requested": args.rows})
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--source", default="hub", help="'hub' (default), 'offline', or a local PATH")
-    p.add_argument("--dataset", default=data.HUB_DATASET, help="Hub dataset id for --source hub")
+    p.add_argument("--dataset", default=HUB_DATASET, help="Hub dataset id for --source hub")
     p.add_argument("--rows", type=int, default=20000, help="rows to take from a dataset (default 20000: speedrun)")
     p.add_argument("--seq-len", type=int, default=2048, help="tokens per stored row (default 2048)")
     p.add_argument("--vocab-size", type=int, default=49152)

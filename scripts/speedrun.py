@@ -16,8 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from configs.model import ConfigError  # noqa: E402
 from configs.tracks import TRACKS  # noqa: E402
 from jax_nano import xla_flags  # noqa: E402
-from jax_nano.cli import add_track_flags, run_main, track_from_args, use_compilation_cache  # noqa: E402
-from jax_nano.device import DEVICES, check_device  # noqa: E402
+from jax_nano.core.cli import add_track_flags, run_main, track_from_args, use_compilation_cache  # noqa: E402
+from jax_nano.core.device import DEVICES, check_device  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -92,7 +92,7 @@ def main(argv=None) -> int:
     if args.record and not track.leaderboard:
         raise ConfigError(f"track {track.name!r} has no leaderboard; --record needs a real track")
     if args.record:
-        from jax_nano import leaderboard
+        from jax_nano.core import leaderboard
 
         leaderboard.check_writable(args.leaderboard, track.name)  # before the run, not after it
 
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
 
     import jax
 
-    from jax_nano import speedrun
+    from jax_nano.run import speedrun
 
     use_compilation_cache()
     summary = speedrun.speedrun(track, run_name=args.run_name, results_dir=args.results_dir, runs_dir=args.runs_dir,

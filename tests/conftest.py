@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jax_nano import data
+from jax_nano.data.token_store import write_store
 from tests import toy
 from tests.toy import SEQ, VOCAB
 
@@ -17,7 +17,7 @@ def toy_store(tmp_path_factory) -> str:
     stride = rng.integers(1, 8, (n_rows, 1))
     rows = (start + stride * np.arange(SEQ)[None, :]) % VOCAB
     path = tmp_path_factory.mktemp("store") / "toy"
-    data.write_store(path, rows.astype(np.uint16).reshape(-1), seq_len=SEQ, vocab_size=VOCAB, source="test",
+    write_store(path, rows.astype(np.uint16).reshape(-1), seq_len=SEQ, vocab_size=VOCAB, source="test",
                      tokenizer="none")
     return str(path)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jax_nano import checksums  # noqa: E402
+from jax_nano.core import checksums  # noqa: E402
 
 STEP, MARKER = os.environ["STALL_STEP"], Path(os.environ["STALL_MARKER"])
 _write_manifest = checksums.write_manifest

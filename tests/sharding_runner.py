@@ -18,7 +18,7 @@ import jax  # noqa: E402
 
 from configs.model import get_model_config  # noqa: E402
 from jax_nano import sharding  # noqa: E402
-from jax_nano.speedrun import speedrun  # noqa: E402
+from jax_nano.run.speedrun import speedrun  # noqa: E402
 from jax_nano.train import JaxTrainer  # noqa: E402
 from tests.toy import toy_track  # noqa: E402
 
@@ -39,7 +39,7 @@ def describe_array(a) -> dict:
 
 def probe(track, mesh_spec: str) -> dict:
     trainer = JaxTrainer(track, get_model_config(track.model), mesh=sharding.make_mesh(mesh_spec))
-    state = trainer.initial_state()
+    state = trainer.place.initial()
     out = {}
     for name, path in PROBED.items():
         node = state

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from configs.tracks import Track
-from jax_nano import bench, device, profile
+from jax_nano.bench import bench, profile
+from jax_nano.core import device
 
 ROOT = Path(__file__).resolve().parent.parent
 

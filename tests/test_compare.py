@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from configs.tracks import get_track
-from jax_nano import compare, stats
+from jax_nano.bench import compare, compare_report, stats
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -71,7 +71,7 @@ def test_three_repeats_give_a_welch_p_value_and_a_verdict(tmp_path):
         runs += [summary("jax", k, jax_times[k], 5.0 if k == 0 else 1.0, reached=True),
                  summary("torch", k, torch_times[k], 2.0, reached=k != 1)]
     curve = {"step": [0, 1], "loss": [5.0, 4.0], "active_time_s": [0.1, 0.2]}
-    result = compare.aggregate(runs, [curve] * 6)
+    result = compare_report.aggregate(runs, [curve] * 6)
     welch = result["welch_active_time"]
     expected = stats.welch_t_test(jax_times, torch_times)
     assert welch["p"] == pytest.approx(expected["p"]) and welch["p"] < 0.05 and welch["significant"]
@@ -85,15 +85,15 @@ def test_three_repeats_give_a_welch_p_value_and_a_verdict(tmp_path):
     assert result["ratios"]["mfu"] is None
     assert result["loss_agreement"]["max_abs_diff"] == 0.0
     # Two repeats: no test, and the report says why.
-    two = compare.aggregate(runs[:4])
+    two = compare_report.aggregate(runs[:4])
     assert two["welch_active_time"] is None
     two["track_config"] = {}
-    assert "needs `--repeats` >= 3" in compare.render_markdown(two)
+    assert "needs `--repeats` >= 3" in compare_report.render_markdown(two)
     # Several devices: per-device throughput, and scaling efficiency against a one-device baseline.
     multi = [{**s, "n_devices": 2} if s["framework"] == "jax" else s for s in runs]
     baseline = {"frameworks": {"jax": {"metrics": {"tokens_per_s": {"median": 1024.0}}},
                                "torch": {"metrics": {"tokens_per_s": {"median": 853.333}}}}}
-    res = compare.aggregate(multi, baseline=baseline)
+    res = compare_report.aggregate(multi, baseline=baseline)
     per_device = res["frameworks"]["jax"]["metrics"]["tokens_per_s_per_device"]["median"]
     assert per_device == pytest.approx(10_240 / 10.0 / 2)
     assert res["frameworks"]["jax"]["metrics"]["scaling_efficiency"]["median"] == pytest.approx(per_device / 1024)
@@ -130,7 +130,7 @@ def test_head_to_head_runs_both_frameworks_from_the_same_weights(toy_track, tmp_
     assert [line.split(":")[0] for line in lines if "run " in line and "/4" in line] == [
         "[compare] run 1/4", "[compare] run 2/4", "[compare] run 3/4", "[compare] run 4/4"]
     files = result["files"]
-    assert Path(files["md"]).name == f"compare-{compare.device_slug(result['device'])}-{track.name}.md"
+    assert Path(files["md"]).name == f"compare-{compare_report.device_slug(result['device'])}-{track.name}.md"
     for kind in ("md", "json", "png"):
         assert Path(files[kind]).stat().st_size > 0, kind
     report = json.loads(Path(files["json"]).read_text())
@@ -155,14 +155,14 @@ def test_head_to_head_runs_both_frameworks_from_the_same_weights(toy_track, tmp_
     assert report["loss_agreement"]["steps_compared"] == 10
     assert report["loss_agreement"]["max_abs_diff"] <= 1e-4, report["loss_agreement"]
     run_dir = Path(report["run_results_dir"])
-    curves = {fw: compare.curve_of(run_dir / f"compare-{track.name}-{fw}-1.jsonl") for fw in ("jax", "torch")}
+    curves = {fw: compare_report.curve_of(run_dir / f"compare-{track.name}-{fw}-1.jsonl") for fw in ("jax", "torch")}
     assert len(curves["jax"]["loss"]) == len(curves["torch"]["loss"]) == 10
     assert max(abs(a - b) for a, b in zip(curves["jax"]["loss"], curves["torch"]["loss"])) <= 1e-4
     md = Path(files["md"]).read_text()
     assert "| Active Training Time |" in md and "| JAX / PyTorch |" in md and "needs `--repeats` >= 3" in md
     assert Path(files["png"]).name in md
     # A dotted track name keeps its whole name in the report's file names.
-    dotted = compare.write_report(dict(report, track="4.5loss"), [curves["jax"], curves["torch"]] * 2,
+    dotted = compare_report.write_report(dict(report, track="4.5loss"), [curves["jax"], curves["torch"]] * 2,
                                   tmp_path / "compare-cpu-4.5loss")
     assert all(Path(f).is_file() and Path(f).name.startswith("compare-cpu-4.5loss.") for f in dotted.values())
 

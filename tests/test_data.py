@@ -13,9 +13,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jax_nano import data, tokenizer
-from jax_nano.cli import run_main
-from jax_nano.data import DataError, TrainLoader, open_store, val_batches, write_store
+from jax_nano.core.cli import run_main
+from jax_nano.data import tokenizer
+from jax_nano.data.loader import TrainLoader, val_batches
+from jax_nano.data.sources import load_hub
+from jax_nano.data.token_store import (
+    FORMAT,
+    SAMPLE,
+    SAMPLE_DIR,
+    DataError,
+    open_store,
+    require_tokens,
+    split_rows,
+    write_store,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "prepare_data.py"
@@ -108,7 +119,7 @@ def test_train_and_val_windows_are_disjoint(store):
     val = {w.tobytes() for w in store.rows("val", np.arange(store.val_rows))}
     assert train.isdisjoint(val)
     assert store.val_rows == 4 * 4 and store.train_rows == 36 * 4  # ceil(10% of 40 native rows), 4 windows each
-    tr, va = data.split_rows(40)
+    tr, va = split_rows(40)
     assert set(tr).isdisjoint(va) and len(tr) + len(va) == 40
 
 
@@ -116,7 +127,7 @@ def test_split_selects_same_rows_as_datasets_train_test_split():
     datasets = pytest.importorskip("datasets")
     for n in (40, 161, 1000):
         hf = datasets.Dataset.from_dict({"i": list(range(n))}).train_test_split(test_size=0.1, seed=42)
-        train, val = data.split_rows(n)
+        train, val = split_rows(n)
         assert list(train) == hf["train"]["i"] and list(val) == hf["test"]["i"]
 
 
@@ -240,15 +251,15 @@ def test_bad_header_raises(store_path):
     (store_path / "header.json").write_text("{not json")
     with pytest.raises(DataError, match="not valid JSON"):
         open_store(store_path)
-    (store_path / "header.json").write_text(json.dumps({"format": data.FORMAT}))
+    (store_path / "header.json").write_text(json.dumps({"format": FORMAT}))
     with pytest.raises(DataError, match="lacks"):
         open_store(store_path)
 
 
 def test_too_few_tokens_names_have_and_need(store):
-    data.require_tokens(store, store.train_rows * store.seq_len, "ok")
+    require_tokens(store, store.train_rows * store.seq_len, "ok")
     with pytest.raises(DataError, match=r"has 1,152 train tokens, track 'speedrun' needs 41,000,000"):
-        data.require_tokens(store, 41_000_000, "speedrun")
+        require_tokens(store, 41_000_000, "speedrun")
     with pytest.raises(DataError, match="fewer than one batch"):
         TrainLoader(store, batch_size=10_000, seed=0)
 
@@ -270,7 +281,7 @@ def test_hub_loader_reads_local_parquet_with_hub_schema(tmp_path, hf_datasets):
     d = tmp_path / "pq"
     d.mkdir()
     hf_datasets.Dataset.from_dict(_rows(30, 16)).to_parquet(str(d / "train-00000.parquet"))
-    ds = data.load_hub(str(d), rows=20)
+    ds = load_hub(str(d), rows=20)
     assert len(ds) == 20
     args = prepare_data.main(
         [
@@ -289,7 +300,7 @@ def test_hub_loader_reads_local_parquet_with_hub_schema(tmp_path, hf_datasets):
     assert args == 0
     s = open_store(tmp_path / "out", vocab_size=VOCAB, seq_len=16)
     assert s.header["n_rows"] == 25 and s.train_rows + s.val_rows == 25
-    assert np.array_equal(s.rows("val", [0])[0], _rows(30, 16)["input_ids"][data.split_rows(25)[1][0]])
+    assert np.array_equal(s.rows("val", [0])[0], _rows(30, 16)["input_ids"][split_rows(25)[1][0]])
 
 
 def test_cli_ingests_local_save_to_disk_dataset(tmp_path, hf_datasets):
@@ -314,11 +325,11 @@ def test_cli_ingests_local_save_to_disk_dataset(tmp_path, hf_datasets):
 def test_hub_default_is_official_id_and_fails_fast_offline(monkeypatch, hf_datasets):
     import inspect
 
-    assert inspect.signature(data.load_hub).parameters["dataset_id"].default == "vukrosic/blueberry-1B-pretrain"
+    assert inspect.signature(load_hub).parameters["dataset_id"].default == "vukrosic/blueberry-1B-pretrain"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     t = time.monotonic()
     with pytest.raises(DataError, match="--source offline"):
-        data.load_hub()
+        load_hub()
     assert time.monotonic() - t < 5
 
 
@@ -406,9 +417,9 @@ def test_cli_tokenizes_text_files_with_eos_between_documents(tmp_path):
 
 
 def test_embedded_sample_opens_and_verifies_checksum():
-    s = open_store(data.SAMPLE, vocab_size=49152, seq_len=128, verify=True)
+    s = open_store(SAMPLE, vocab_size=49152, seq_len=128, verify=True)
     assert s.header["tokenizer"] == tokenizer.NAME and s.n_tokens >= 200_000
-    assert sum(f.stat().st_size for f in data.SAMPLE_DIR.iterdir()) < 1_000_000
+    assert sum(f.stat().st_size for f in SAMPLE_DIR.iterdir()) < 1_000_000
     assert s.train_rows > 0 and s.val_rows > 0
     batch = take(TrainLoader(s, batch_size=8, seed=0), 1)[0]
     assert batch.shape == (8, 128) and batch.max() < 49152

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from jax_nano import device
-from jax_nano.cli import run_main
-from jax_nano.device import DeviceError, Probe, check_device
+from jax_nano.core import device
+from jax_nano.core.cli import run_main
+from jax_nano.core.device import DeviceError, Probe, check_device
 
 ROOT = Path(__file__).resolve().parent.parent
 CUDA12_DRIVER, CUDA13_DRIVER = "550.54.15", "580.82.07"

@@ -17,10 +17,11 @@ import torch
 from flax import nnx
 
 from configs.model import get_model_config
-from jax_nano import tokenizer
-from jax_nano.cli import run_main
-from jax_nano.convert import save_torch
+from jax_nano.core.cli import run_main
+from jax_nano.data import tokenizer
+from jax_nano.interop.convert import to_torch_model
 from jax_nano.model import GPT
+from torch_ref.checkpoint import save_torch
 from torch_ref.model import MinimalLLM
 
 lm_eval = pytest.importorskip("lm_eval", reason="the eval extra is not installed (pip install -e '.[eval]')")
@@ -28,10 +29,9 @@ lm_eval = pytest.importorskip("lm_eval", reason="the eval extra is not installed
 from lm_eval.api.instance import Instance  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 
-from jax_nano import harness  # noqa: E402
-from jax_nano.lm_eval_model import JaxNanoLM, bucket_for, length_buckets  # noqa: E402
-from jax_nano.speedrun import compile_counter  # noqa: E402
-from torch_ref.lm_eval_model import TorchEngine  # noqa: E402
+from jax_nano.compiles import compile_counter  # noqa: E402
+from jax_nano.evaluate import task_scores  # noqa: E402
+from jax_nano.evaluate.lm_eval_model import JaxNanoLM, bucket_for, length_buckets  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 WORDS = ["red", "green", "blue", "seven", "river", "stone", "a quiet lamp", "forty two", "the end", "maybe not"]
@@ -145,7 +145,7 @@ def test_local_task_accuracy_equals_the_models_own_logits(tiny, lm, tmp_path):
 
 
 def test_jax_and_torch_give_the_same_loglikelihoods(tiny, lm):
-    torch_lm = JaxNanoLM(TorchEngine.from_jax(tiny).model, tokenizer=CharTokenizer(), batch_size=4, show_bar=False)
+    torch_lm = JaxNanoLM(to_torch_model(tiny, tiny.cfg), tokenizer=CharTokenizer(), batch_size=4, show_bar=False)
     requests = [request("loglikelihood", doc["question"], " " + c) for doc in docs()[:5] for c in doc["choices"]]
     jax_scores, torch_scores = lm.loglikelihood(requests, disable_tqdm=True), torch_lm.loglikelihood(requests, True)
     np.testing.assert_allclose([s for s, _ in jax_scores], [s for s, _ in torch_scores], atol=1e-4)
@@ -197,11 +197,7 @@ def test_scoring_compiles_once_per_length_bucket(tiny):
     requests = [request("loglikelihood", "q" * int(k), " a") for k in lengths]
     counter = compile_counter()
     before = counter.count
-    counter.active = True
-    try:
-        scores = lm.loglikelihood(requests, disable_tqdm=True)
-    finally:
-        counter.active = False
+    scores = lm.loglikelihood(requests, disable_tqdm=True)
     # batches of 4 after sorting by length, each padded to the bucket of its longest input (k + 1 tokens)
     longest = sorted((min(int(k) + 1, 128) for k in lengths), reverse=True)[::4]
     used = {bucket_for(n, lm.buckets) for n in longest}
@@ -236,7 +232,7 @@ def test_generate_until_stops_at_the_until_string(tiny, lm):
     assert second == full[1]  # no stop string met: max_gen_toks characters (or up to end-of-text)
     lm.generate_until(requests[:1], disable_tqdm=True)
     assert len(full[0]) > 6 and lm.engine._generator.stats.new_tokens <= 6  # ended at the stop string, not at 12
-    torch_lm = JaxNanoLM(TorchEngine.from_jax(tiny).model, tokenizer=CharTokenizer(), batch_size=4, show_bar=False)
+    torch_lm = JaxNanoLM(to_torch_model(tiny, tiny.cfg), tokenizer=CharTokenizer(), batch_size=4, show_bar=False)
     assert torch_lm.generate_until(requests, disable_tqdm=True) == [first, second]
 
 
@@ -287,9 +283,9 @@ def test_the_run_summary_names_the_scores(tmp_path):
     summary = {"run": "r", "finished": True, "val_loss": 3.25}
     (tmp_path / "r.json").write_text(json.dumps(summary))
     scores = tmp_path / "eval-r.json"
-    assert harness.link_summary(tmp_path, "r", scores) == tmp_path / "r.json"
+    assert task_scores.link_summary(tmp_path, "r", scores) == tmp_path / "r.json"
     assert json.loads((tmp_path / "r.json").read_text()) == {**summary, "eval_results": str(scores)}
-    assert harness.link_summary(tmp_path, "never-trained", scores) is None
+    assert task_scores.link_summary(tmp_path, "never-trained", scores) is None
 
 
 def one_line_error(capsys, rc: int) -> str:

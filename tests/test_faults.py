@@ -16,13 +16,18 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from configs.model import get_model_config
-from jax_nano import checksums, data, speedrun
-from jax_nano.checkpoint import FALLBACK_FLAG, CheckpointError
+from jax_nano.core import checksums
+from jax_nano.core.checkpoints import FALLBACK_FLAG, CheckpointError
+from jax_nano.data.loader import TrainLoader
+from jax_nano.data.token_store import open_store
+from jax_nano.run import speedrun
 from tests import toy
+from torch_ref.tensors import numpy_state_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS, EVERY = 6, 2  # checkpoints at steps 4 and 6 are kept (keep_checkpoints 2); the run's last is 6
@@ -56,7 +61,7 @@ def trained(request, toy_store, tmp_path_factory):
         summary = speedrun.speedrun(fault_track(toy_store, framework), run_name="run", results_dir=tmp / "results",
                                     runs_dir=tmp / "runs", show_bar=False, export_to=tmp / "final.pt")
     return {"framework": framework, "tmp": tmp, "run": tmp / "runs" / "run", "summary": summary,
-            "final": torch.load(tmp / "final.pt"), "trainer": made[0], "store": toy_store}
+            "final": numpy_state_dict(torch.load(tmp / "final.pt")), "trainer": made[0], "store": toy_store}
 
 
 def snapshot(folder: Path) -> dict:
@@ -83,8 +88,9 @@ def delete(path: Path):
 FAULTS = {"truncated": truncate, "flipped": flip, "deleted": delete}
 
 
-def same_weights(state_dict: dict, expected: dict) -> bool:
-    return state_dict.keys() == expected.keys() and all(torch.equal(state_dict[k], expected[k]) for k in expected)
+def same_weights(weights: dict, expected: dict) -> bool:
+    return weights.keys() == expected.keys() and all(
+        weights[k].dtype == expected[k].dtype and np.array_equal(weights[k], expected[k]) for k in expected)
 
 
 def resume_and_finish(trainer, run_dir: Path, store: str, fallback: bool):
@@ -92,10 +98,10 @@ def resume_and_finish(trainer, run_dir: Path, store: str, fallback: bool):
     trainer.close()
     trainer.run_dir = run_dir
     progress = trainer.restore(trainer.resume_step(fallback))
-    loader = data.TrainLoader(data.open_store(store, seq_len=64), 8, trainer.track.seed, prefetch=0)
+    loader = TrainLoader(open_store(store, seq_len=64), 8, trainer.track.seed, prefetch=0)
     for step in range(progress.next_step, STEPS):
         trainer.read(trainer.step(loader.batch(step)))
-    return progress.next_step, trainer.export_state_dict()
+    return progress.next_step, trainer.export()
 
 
 def test_every_damaged_checkpoint_file_is_refused_or_resumed_exactly(trained, tmp_path):
@@ -173,7 +179,7 @@ def test_checkpoints_without_checksums_are_refused(trained, tmp_path):
 def test_summary_records_the_weights_and_data_checksums(trained):
     summary = trained["summary"]
     assert summary["weights_sha256"] == checksums.weights_sha256(trained["final"])
-    store = data.open_store(trained["store"])
+    store = open_store(trained["store"])
     assert summary["data_sha256"] == store.header["sha256"]
     assert summary["data_header_sha256"] == hashlib.sha256(Path(trained["store"], "header.json").read_bytes()
                                                            ).hexdigest()
@@ -181,11 +187,11 @@ def test_summary_records_the_weights_and_data_checksums(trained):
     from torch_ref.train import TorchTrainer
 
     torch_trainer = TorchTrainer(fault_track(trained["store"], "torch"), get_model_config("tiny"),
-                                 init_state_dict=trained["final"])
+                                 init_weights=trained["final"])
     torch_trainer.setup([], None)
-    assert checksums.weights_sha256(torch_trainer.export_state_dict()) == summary["weights_sha256"]
-    changed = {name: t.clone() for name, t in trained["final"].items()}
-    next(iter(changed.values())).view(-1)[0] += 1
+    assert checksums.weights_sha256(torch_trainer.export()) == summary["weights_sha256"]
+    changed = {name: a.copy() for name, a in trained["final"].items()}
+    next(iter(changed.values())).reshape(-1)[0] += 1
     assert checksums.weights_sha256(changed) != summary["weights_sha256"]
 
 

@@ -13,13 +13,15 @@ from flax import nnx
 
 from configs.model import get_model_config
 from configs.tracks import get_track
-from jax_nano import tokenizer
-from jax_nano.cli import run_main
-from jax_nano.convert import jax_to_torch
-from jax_nano.generate import GenerationError, Generator, sample
+from jax_nano.compiles import compile_counter
+from jax_nano.core.cli import run_main
+from jax_nano.core.generation import GenerationError
+from jax_nano.data import tokenizer
+from jax_nano.generate import Generator, sample
+from jax_nano.interop.convert import jax_to_torch
+from jax_nano.interop.weights import WeightsError, load_model, read_state_dict
 from jax_nano.model import GPT
-from jax_nano.speedrun import compile_counter, speedrun
-from jax_nano.weights import WeightsError, load_model, read_state_dict
+from jax_nano.run.speedrun import speedrun
 from tests import toy
 from torch_ref.generate import Generator as TorchGenerator
 from torch_ref.model import MinimalLLM
@@ -52,11 +54,8 @@ def jax_gen(trained):
     model, _ = load_model(state_dict=trained)
     gen = Generator(model, batch_size=BATCH, max_len=MAX_LEN)
     counter = compile_counter()
-    before, counter.active = counter.count, True
-    try:
-        first = gen.generate_with_logits(PROMPTS, max_new_tokens=NEW, stop_ids=())
-    finally:
-        counter.active = False
+    before = counter.count
+    first = gen.generate_with_logits(PROMPTS, max_new_tokens=NEW, stop_ids=())
     return gen, model, first, counter.count - before
 
 
@@ -109,13 +108,10 @@ def test_one_compile_each_for_prefill_and_decode(jax_gen):
     gen, _, _, first_compiles = jax_gen
     assert first_compiles == 2, first_compiles  # the prefill and the decode step, once for all 12 tokens
     counter = compile_counter()
-    before, counter.active = counter.count, True
-    try:  # other prompts of the same bucket, other lengths, sampling settings and seeds: nothing new
-        gen.generate([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [4]], max_new_tokens=20, temperature=0.7, top_k=5,
-                     top_p=0.9, seed=3)
-        gen.generate(PROMPTS[1:2], max_new_tokens=5, stop_ids=(15,))
-    finally:
-        counter.active = False
+    before = counter.count  # other prompts of the same bucket, other lengths, sampling settings and seeds: nothing new
+    gen.generate([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [4]], max_new_tokens=20, temperature=0.7, top_k=5,
+                 top_p=0.9, seed=3)
+    gen.generate(PROMPTS[1:2], max_new_tokens=5, stop_ids=(15,))
     assert counter.count == before
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jax_nano import data, tokenizer
-from jax_nano.cli import run_main
-from jax_nano.data import DataError
+from jax_nano.core.cli import run_main
+from jax_nano.data import tokenizer
+from jax_nano.data.token_store import DataError, open_store, write_store
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -63,11 +63,11 @@ STORE_FAULTS = {
 def test_damaged_token_store_is_one_line_naming_the_file(tmp_path, fault):
     store = tmp_path / "store"
     rows = (np.arange(40)[:, None] * 7 + np.arange(32)[None, :]) % 1000
-    data.write_store(store, rows, seq_len=32, vocab_size=1000, source="test", tokenizer="none")
+    write_store(store, rows, seq_len=32, vocab_size=1000, source="test", tokenizer="none")
     damage, message = STORE_FAULTS[fault]
     damage(store)
     with pytest.raises(DataError, match=message) as info:
-        data.open_store(store)
+        open_store(store)
     assert "\n" not in str(info.value) and str(store) in str(info.value)
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from jax_nano import leaderboard
-from jax_nano.leaderboard import LeaderboardError
+from jax_nano.core import leaderboard
+from jax_nano.core.leaderboard import LeaderboardError
 
 ROOT = Path(__file__).resolve().parent.parent
 ROUNDS = 20

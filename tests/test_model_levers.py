@@ -15,10 +15,11 @@ import pytest
 from flax import nnx
 
 from configs.model import ConfigError, get_model_config
-from jax_nano import memory, xla_flags
 from jax_nano import model as jm
-from jax_nano.cli import run_main, track_from_args
-from jax_nano.convert import jax_to_torch
+from jax_nano import xla_flags
+from jax_nano.bench import memory
+from jax_nano.core.cli import run_main, track_from_args
+from jax_nano.interop.convert import jax_to_torch
 from jax_nano.train import JaxTrainer, model_config_for
 from parity_tests.compare import assert_all_close
 from tests.test_sharding import cli_args, fake_devices

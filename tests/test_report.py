@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from configs.model import get_model_config
-from jax_nano import leaderboard, report
-from jax_nano.leaderboard import COLUMNS, LeaderboardError, append_row, read_rows, row_from_summary
-from jax_nano.report import (
+from jax_nano.core import leaderboard, report
+from jax_nano.core.leaderboard import COLUMNS, LeaderboardError, append_row, read_rows, row_from_summary
+from jax_nano.core.report import (
     MetricsLog,
     flops_per_token,
     format_duration,

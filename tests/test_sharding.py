@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jax_nano.speedrun import speedrun
+from jax_nano.run.speedrun import speedrun
 from tests.toy import toy_track
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from jax_nano import loop
 from jax_nano.checkpoint import Checkpoints
-from jax_nano.speedrun import RunError, speedrun
+from jax_nano.core import loop
+from jax_nano.run.speedrun import RunError, speedrun
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -164,7 +164,7 @@ def test_smoke_command_runs_from_the_cli(tmp_path):
 
 
 def test_record_appends_the_runs_row_to_its_track_table(toy_store, tmp_path):
-    from jax_nano.leaderboard import read_rows
+    from jax_nano.core.leaderboard import read_rows
 
     board = tmp_path / "LEADERBOARD.md"
     board.write_text((ROOT / "LEADERBOARD.md").read_text())

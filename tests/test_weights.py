@@ -14,10 +14,11 @@ import pytest
 import torch
 
 from configs.model import get_model_config
-from jax_nano.cli import run_main
-from jax_nano.convert import save_torch
-from jax_nano.weights import WeightsError, fit_state_dict, load_model, read_checkpoint, read_state_dict
+from jax_nano.core.cli import run_main
+from jax_nano.interop.weights import WeightsError, fit_state_dict, load_model, read_checkpoint, read_state_dict
+from torch_ref.checkpoint import save_torch
 from torch_ref.model import MinimalLLM
+from torch_ref.tensors import torch_state_dict
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,7 +55,7 @@ def test_upstream_model_pt_loads_in_every_layout(tmp_path, fused, compiled):
     # The other attention layout takes the same weights, split or fused, exactly.
     other = cfg.replace(fused_qkvo=not fused)
     twin = torch_model(other, seed=1)
-    twin.load_state_dict(fit_state_dict(read["model_state_dict"], other), strict=True)
+    twin.load_state_dict(torch_state_dict(fit_state_dict(read["model_state_dict"], other)), strict=True)
     np.testing.assert_allclose(torch_logits(twin, IDS), torch_logits(model, IDS), atol=1e-6)
 
 

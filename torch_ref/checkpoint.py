@@ -1,17 +1,17 @@
 """PyTorch checkpoints of a run, the twin of jax_nano/checkpoint.py: `runs/<run>/checkpoints/<step>.pt`.
 
-Each `<step>.pt` has a sidecar `<step>.checksums.json` (jax_nano/checksums.py: size and sha256 of the file).
+Each `<step>.pt` has a sidecar `<step>.checksums.json` (jax_nano/core/checksums.py: size and sha256 of the file).
 The payload is written to a temp file, its checksums are written, and only then is it renamed into place, so a
 finished checkpoint never lacks them. A resume verifies them before `torch.load` reads a byte, with the same
-rules as the JAX checkpoints (jax_nano/checkpoint.py `choose`).
+rules as the JAX checkpoints (jax_nano/core/checkpoints.py `choose`).
 """
 
 from pathlib import Path
 
 import torch
 
-from jax_nano import checksums
-from jax_nano.checkpoint import ASIDE, CheckpointError, check_fingerprint, choose, newest_verified
+from jax_nano.core import checksums
+from jax_nano.core.checkpoints import ASIDE, CheckpointError, check_fingerprint, choose, newest_verified
 
 SUFFIX = ".checksums.json"
 
@@ -30,20 +30,28 @@ def problem(folder: Path, step: int) -> str | None:
     return checksums.problem(folder, _sums(folder / f"{step}.pt"))
 
 
+def save_torch(obj, path, before_rename=None) -> None:
+    """`torch.save` through a temp file and a rename: a crash never leaves a half-written file at `path`.
+    `before_rename(tmp)` runs once the temp file is complete (the checksums of a checkpoint)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    if before_rename is not None:
+        before_rename(tmp)
+    tmp.replace(path)
+
+
 def save(folder: Path, step: int, payload: dict, keep: int) -> None:
     path = folder / f"{step}.pt"
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    checksums.write_manifest(_sums(path), {path.name: tmp})
-    tmp.replace(path)
+    save_torch(payload, path, before_rename=lambda tmp: checksums.write_manifest(_sums(path), {path.name: tmp}))
     for _, paths in found(folder)[:-keep]:
         for old in paths:
             old.unlink(missing_ok=True)
 
 
 def choose_step(folder: Path, *, fallback: bool = False) -> int | None:
-    """The step a resume takes: the newest checkpoint that verifies (jax_nano/checkpoint.py `choose`); None if the
+    """The step a resume takes: the newest checkpoint that verifies (jax_nano/core/checkpoints.py `choose`); None if the
     run has none."""
     return choose(found(folder), lambda s: problem(folder, s), fallback=fallback, aside=folder.parent / ASIDE)
 

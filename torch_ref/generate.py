@@ -6,7 +6,7 @@ import time
 
 import torch
 
-from jax_nano.generate import BatchedGenerator, prefill_length
+from jax_nano.core.generation import BatchedGenerator, prefill_length
 from torch_ref.model import MinimalLLM
 
 

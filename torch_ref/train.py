@@ -7,7 +7,7 @@ wholly to bf16), fused AdamW on CUDA. PERFORMANCE.md compares it with upstream's
 A loss track reads each step's loss before the next step is dispatched (`lag = 0`): it stops at the first
 step under the target, and a PyTorch step cannot be taken back without keeping a copy of the whole state. A
 token track reads it one step late (`lag = 1`), as the JAX trainer does, so the host does not wait for the GPU
-between steps.
+between steps. The class follows the trainer interface of jax_nano/core/trainer.py.
 """
 
 import contextlib
@@ -23,22 +23,38 @@ import torch.nn.functional as F
 
 from configs.model import ModelConfig
 from configs.tracks import Track
-from jax_nano import checkpoint as ckpt
+from jax_nano.core.checkpoints import fingerprint
+from jax_nano.core.loop import Progress
+from jax_nano.core.trainer import TrainerError
 from torch_ref import checkpoint as torch_ckpt
 from torch_ref import optim
-from torch_ref.model import MinimalLLM, loss_fn
+from torch_ref.model import MinimalLLM, count_params, loss_fn
+from torch_ref.tensors import default_device, to_numpy, torch_state_dict
 
 
 class TorchTrainer:
     framework = "torch"
 
-    def __init__(self, track: Track, cfg: ModelConfig, *, run_dir=None, init_state_dict=None, seed: int | None = None):
+    def __init__(self, track: Track, cfg: ModelConfig, *, run_dir=None, init_weights: dict | None = None,
+                 seed: int | None = None, mesh=None):
+        if mesh is not None:
+            raise TrainerError("a device mesh applies to the jax framework only; drop --mesh for --framework torch")
         self.track, self.cfg = track, cfg
         self.lag = 0 if track.is_loss_track else 1
         self.seed = track.seed if seed is None else seed
-        self.run_dir, self.init_state_dict = run_dir, init_state_dict
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.run_dir, self.init_weights = run_dir, init_weights
+        self.device = default_device()
         self.dtype = torch.bfloat16 if track.precision == "bf16" else torch.float32
+
+    @staticmethod
+    def mesh_for(track: Track, spec: str | None):
+        if spec is not None:
+            raise TrainerError(f"--mesh {spec!r} applies to the jax framework only; drop it for --framework torch")
+        return None
+
+    @staticmethod
+    def processes() -> tuple[int, int]:
+        return 0, 1
 
     # -- state ---------------------------------------------------------------------------------------------
 
@@ -58,8 +74,8 @@ class TorchTrainer:
         t0 = time.perf_counter()
         torch.manual_seed(self.seed)
         self.model = MinimalLLM(self.cfg)
-        if self.init_state_dict is not None:
-            self.model.load_state_dict(self.init_state_dict, strict=True)
+        if self.init_weights is not None:
+            self.model.load_state_dict(torch_state_dict(self.init_weights), strict=True)
         self.model.to(self.device, self.dtype)
         self.initial_weights = copy.deepcopy(self.model.state_dict())
         self.forward = torch.compile(self.model) if self.device.type == "cuda" else self.model
@@ -88,6 +104,11 @@ class TorchTrainer:
     def read(self, loss) -> float:
         return loss.item()
 
+    def rewind(self):
+        """Never needed: a loss track reads every loss before the next step (`lag = 0`), so no step runs past
+        the target (module docstring)."""
+        raise TrainerError("no step to rewind: the PyTorch trainer reads a loss track's loss before the next step")
+
     def sync(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -107,59 +128,49 @@ class TorchTrainer:
         val_loss = total_nll / n
         return {"val_loss": val_loss, "val_accuracy": total_correct / n, "val_perplexity": float(np.exp(val_loss))}
 
-    # -- checkpoints and export ----------------------------------------------------------------------------
+    # -- checkpoints (torch_ref/checkpoint.py) -------------------------------------------------------------
 
     def _folder(self) -> Path:
         return Path(self.run_dir) / "checkpoints"
 
-    def save(self, progress):
+    def save(self, progress: Progress):
         payload = {"model": self.model.state_dict(), "optimizers": [o.state_dict() for o in self.optimizers],
                    "schedulers": [s.state_dict() for s in self.schedulers],
-                   "progress": dataclasses.asdict(progress), "fingerprint": self.fingerprint()}
+                   "progress": dataclasses.asdict(progress), "fingerprint": fingerprint(self.track, self.cfg)}
         torch_ckpt.save(self._folder(), progress.next_step, payload, self.track.keep_checkpoints)
 
     def resume_step(self, fallback: bool = False) -> int | None:
-        """The newest checkpoint that verifies, None if there is none; a newer one that fails is refused, or with
-        `fallback` set aside (torch_ref/checkpoint.py). Reads checksums only: it can run before `setup`."""
         return torch_ckpt.choose_step(self._folder(), fallback=fallback)
 
-    def restore(self, step: int):
-        """The Progress of the checkpoint of `step` (from `resume_step`), its state loaded into this trainer."""
-        from jax_nano.loop import Progress
-
-        payload = torch_ckpt.load(self._folder(), step, self.fingerprint(), device=self.device)
+    def restore(self, step: int) -> Progress:
+        payload = torch_ckpt.load(self._folder(), step, fingerprint(self.track, self.cfg), device=self.device)
         self.model.load_state_dict(payload["model"])
         for obj, state in zip(self.optimizers + self.schedulers, payload["optimizers"] + payload["schedulers"]):
             obj.load_state_dict(state)
         return Progress(**payload["progress"])
 
     def discard_checkpoints(self, from_step: int) -> int | None:
-        """Delete the checkpoints of steps >= from_step; the step of the newest one kept that verifies."""
         return torch_ckpt.discard(self._folder(), from_step)
 
     def close(self):
         pass
 
-    def fingerprint(self) -> dict:
-        return ckpt.fingerprint(self.track, self.cfg)
+    # -- what leaves the trainer ---------------------------------------------------------------------------
 
-    def export_state_dict(self) -> dict:
-        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-
-    # -- what the summary reports --------------------------------------------------------------------------
-
-    def device_name(self) -> str:
-        if self.device.type == "cuda":
-            return torch.cuda.get_device_name(self.device)
-        return platform.processor() or "CPU"
-
-    def peak_memory_bytes(self) -> int | None:
-        return torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+    def export(self) -> dict:
+        """The weights as numpy arrays in upstream's layout (the model's own names)."""
+        return {k: to_numpy(v) for k, v in self.model.state_dict().items()}
 
     @staticmethod
-    def parallelism() -> dict:
-        return {"n_devices": 1, "n_processes": 1, "mesh": "single-device"}
+    def compiles() -> int:
+        """Graphs torch.compile has compiled in this process (none on the CPU, where nothing is compiled)."""
+        from torch._dynamo.utils import counters
 
-    @staticmethod
-    def versions() -> dict:
-        return {"torch": torch.__version__}
+        return counters["stats"]["unique_graphs"]
+
+    def facts(self) -> dict:
+        on_gpu = self.device.type == "cuda"
+        return {"device": torch.cuda.get_device_name(self.device) if on_gpu else platform.processor() or "CPU",
+                "peak_memory_bytes": torch.cuda.max_memory_allocated(self.device) if on_gpu else None,
+                "versions": {"torch": torch.__version__}, "params": count_params(self.cfg),
+                "n_devices": 1, "n_processes": 1, "mesh": "single-device"}

@@ -1,13 +1,13 @@
 """jax-nano as a model of lm-evaluation-harness (`lm_eval`), so every task the harness knows scores through it.
 
     import lm_eval
-    from jax_nano.lm_eval_model import JaxNanoLM
+    from jax_nano.evaluate.lm_eval_model import JaxNanoLM
     lm_eval.simple_evaluate(model=JaxNanoLM(run="4.5loss-jax"), tasks=["hellaswag"])
 
 or, once this module is imported, `lm_eval.simple_evaluate(model="jax-nano", model_args={"run": "4.5loss-jax"})`.
 
 The request handling (tokenization by the harness's own rules, sorting, batching, windows, stop sequences) is
-shared; the arithmetic is an engine: `JaxEngine` here, `torch_ref.lm_eval_model.TorchEngine` for the
+shared; the arithmetic is an engine: `jax_nano.lm_eval_engine.JaxEngine`, `torch_ref.lm_eval_engine.TorchEngine` for the
 PyTorch twin. Scoring sorts requests by length, cuts them into batches of a fixed size and right-pads each to a
 power-of-two length bucket, so a whole evaluation compiles once per bucket used, whatever the lengths.
 """
@@ -16,10 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from functools import partial
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from lm_eval.api.model import TemplateLM
@@ -29,15 +26,13 @@ from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
 from configs.errors import UserError
-from jax_nano.model import map_position_chunks
+from jax_nano.lm_eval_engine import JaxEngine
 
 log = logging.getLogger(__name__)
 
 SMALLEST_BUCKET = 16
 DEFAULT_BATCH_SIZE = 8
 DEFAULT_MAX_GEN_TOKS = 256
-# Positions whose logits are formed at once: (positions x vocab) float32 stays near 200 MB for the real vocab.
-LOGITS_CHUNK = 1024
 # Sampling keys of the harness that the generator understands; any other key is logged and ignored.
 _SAMPLING_KEYS = {"do_sample", "temperature", "top_k", "top_p", "seed"}
 
@@ -60,10 +55,10 @@ def bucket_for(length: int, buckets: list[int]) -> int:
 
 
 class SmolLM2Tokenizer:
-    """The project's tokenizer (jax_nano/tokenizer.py) in the shape the evaluator wants."""
+    """The project's tokenizer (jax_nano/data/tokenizer.py) in the shape the evaluator wants."""
 
     def __init__(self):
-        from jax_nano import tokenizer
+        from jax_nano.data import tokenizer
 
         self._tok = tokenizer.load()
         self.name, self.eot_id, self.vocab_size = tokenizer.NAME, tokenizer.EOS_ID, tokenizer.VOCAB_SIZE
@@ -75,63 +70,11 @@ class SmolLM2Tokenizer:
         return self._tok.decode(ids, skip_special_tokens=False)
 
 
-class JaxEngine:
-    """Token log-probabilities and greedy generation from a jax-nano `GPT`."""
-
-    framework = "jax"
-
-    def __init__(self, model):
-        self.cfg = model.cfg
-        self.model = model
-        graphdef, self._state = nnx.split(model)
-        self._score = jax.jit(partial(_token_scores, graphdef))
-        self._compiled = {}  # (batch, length) -> the scoring program, compiled ahead of time on first use
-        self.compile_s = 0.0
-        self._generator = None
-
-    def device_name(self) -> str:
-        device = jax.devices()[0]
-        return f"{device.platform}: {device.device_kind}"
-
-    def token_scores(self, inputs_BT: np.ndarray, targets_BT: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """log p(target | inputs up to that position) and whether the target is the argmax, per position."""
-        if inputs_BT.shape not in self._compiled:
-            t0 = time.perf_counter()
-            self._compiled[inputs_BT.shape] = self._score.lower(self._state, inputs_BT, targets_BT).compile()
-            self.compile_s += time.perf_counter() - t0
-        logp_BT, hit_BT = self._compiled[inputs_BT.shape](self._state, inputs_BT, targets_BT)
-        return np.asarray(logp_BT), np.asarray(hit_BT)
-
-    def generate(self, prompts: list[list[int]], *, batch_size: int, max_len: int, **sampling) -> list[list[int]]:
-        from jax_nano.generate import Generator
-
-        if self._generator is None:
-            self._generator = Generator(self.model, batch_size=batch_size, max_len=max_len)
-        out = self._generator.generate(prompts, **sampling)
-        self.compile_s += self._generator.stats.compile_s  # the stats are those of this call
-        return out
-
-
-def _token_scores(graphdef, state, inputs_BT, targets_BT):
-    model = nnx.merge(graphdef, state)
-    h_BTD = model.hidden(inputs_BT)
-    B, T, D = h_BTD.shape
-
-    def one_chunk(h_KD, targets_K):
-        logits_KV = model.logits(h_KD).astype(jnp.float32)
-        target_K = jnp.take_along_axis(logits_KV, targets_K[:, None], axis=-1)[:, 0]
-        return target_K - jax.nn.logsumexp(logits_KV, axis=-1), jnp.argmax(logits_KV, axis=-1) == targets_K
-
-    logp_N, hit_N = map_position_chunks(one_chunk, h_BTD.reshape(B * T, D), targets_BT.reshape(B * T),
-                                        min(LOGITS_CHUNK, B * T))
-    return logp_N.reshape(B, T), hit_N.reshape(B, T)
-
-
 def engine_for(model):
     """The engine of a jax-nano `GPT` or of a `torch_ref` `MinimalLLM`."""
     if isinstance(model, nnx.Module):
         return JaxEngine(model)
-    from torch_ref.lm_eval_model import TorchEngine
+    from torch_ref.lm_eval_engine import TorchEngine
 
     return TorchEngine(model)
 
@@ -139,7 +82,7 @@ def engine_for(model):
 def load_engine(*, run=None, state_dict=None, preset=None, framework="jax", runs_dir="runs",
                  compute_dtype="float32"):
     """An engine for saved weights (a run's checkpoint, a PyTorch state_dict) or a fresh preset."""
-    from jax_nano.weights import load_model
+    from jax_nano.interop.weights import load_model
 
     if framework not in ("jax", "torch"):
         raise EvalError(f"unknown framework {framework!r}; choose jax or torch")
@@ -147,9 +90,11 @@ def load_engine(*, run=None, state_dict=None, preset=None, framework="jax", runs
                           compute_dtype=compute_dtype)
     if framework == "jax":
         return JaxEngine(model)
-    from torch_ref.lm_eval_model import TorchEngine
+    from jax_nano.interop.convert import to_torch_model
+    from torch_ref.lm_eval_engine import TorchEngine
+    from torch_ref.tensors import default_device
 
-    return TorchEngine.from_jax(model)
+    return TorchEngine(to_torch_model(model, model.cfg).to(default_device()))
 
 
 @register_model("jax-nano")
@@ -157,7 +102,7 @@ class JaxNanoLM(TemplateLM):
     """lm-eval's model interface over a jax-nano (or torch_ref) model.
 
     `model`: a `GPT` or `MinimalLLM` already built; otherwise `run`, `state_dict` or `preset` (with `framework`)
-    load one through `jax_nano.weights.load_model`. `tokenizer`: anything with `encode(str) -> list[int]`,
+    load one through `jax_nano.interop.weights.load_model`. `tokenizer`: anything with `encode(str) -> list[int]`,
     `decode(list[int]) -> str`, `eot_id` and `vocab_size`; the SmolLM2 tokenizer by default.
     """
 

@@ -1,4 +1,4 @@
-"""One job in a fresh process: `python -m jax_nano.worker JOB.pkl` (used by the comparison and the benchmark).
+"""One job in a fresh process: `python -m jax_nano.bench.worker JOB.pkl` (used by the comparison and the benchmark).
 
 A run in its own process, so that
 - JAX's GPU memory pool and PyTorch's caching allocator never share one process (each would starve the other),
@@ -12,7 +12,7 @@ Jobs (`job["mode"]`):
 - "run": `speedrun` of `job["track"]`; returns its summary plus "backend" ("gpu" or "cpu": where the
   framework really ran, whatever the device name says);
 - "trace": the same under `jax.profiler.trace(job["profile_dir"])`;
-- "profile": a few traced steps and their breakdown (jax_nano/profile.py).
+- "profile": a few traced steps and their breakdown (jax_nano/bench/profile.py).
 A job's `UserError` comes back as its one-line message (`WorkerError` in the parent). The worker applies the
 project's default XLA flags (jax_nano/xla_flags.py) unless its environment says otherwise.
 """
@@ -29,6 +29,7 @@ from pathlib import Path
 
 from configs.errors import UserError
 from jax_nano import xla_flags
+from jax_nano.core.device import backend_of
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,8 +63,8 @@ def launch(job: dict, work: Path, what: str, env: dict | None = None, timeout: f
     job_path, out_path = work / f"{name}.pkl", work / f"{name}.out.json"
     job_path.write_bytes(pickle.dumps({**job, "out": str(out_path)}))
     try:
-        proc = subprocess.run([sys.executable, "-m", "jax_nano.worker", str(job_path)], env=env or worker_env(work),
-                              timeout=timeout)
+        proc = subprocess.run([sys.executable, "-m", "jax_nano.bench.worker", str(job_path)],
+                              env=env or worker_env(work), timeout=timeout)
     except subprocess.TimeoutExpired:
         raise RuntimeError(f"{what} was still running after {timeout:.0f} s and was stopped") from None
     result = json.loads(out_path.read_text()) if out_path.is_file() else None
@@ -83,8 +84,9 @@ def export_initial_weights(track, path) -> None:
     from flax import nnx
 
     from configs.model import get_model_config
-    from jax_nano.convert import jax_to_torch, save_torch
+    from jax_nano.interop.convert import jax_to_torch
     from jax_nano.model import GPT
+    from torch_ref.checkpoint import save_torch
 
     cfg = get_model_config(track.model)
     with jax.default_device(jax.devices("cpu")[0]):
@@ -92,25 +94,14 @@ def export_initial_weights(track, path) -> None:
     save_torch(state_dict, path)
 
 
-def backend_of(framework: str) -> str:
-    """Where `framework` computes in this process: "gpu" or "cpu" (as the trainers choose their device)."""
-    if framework == "torch":
-        import torch
-
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    import jax
-
-    return "gpu" if jax.default_backend() in ("gpu", "cuda", "rocm") else jax.default_backend()
-
-
 def run_job(job: dict) -> dict:
     import jax
 
     if job["mode"] == "profile":
-        from jax_nano.profile import profile_job
+        from jax_nano.bench.profile import profile_job
 
         return profile_job(job)
-    from jax_nano.speedrun import speedrun
+    from jax_nano.run.speedrun import speedrun
 
     track = job["track"]
     if job.get("export_init"):
@@ -132,19 +123,19 @@ def main(job_path: str) -> int:
     # lever can switch them off through this process's environment (JAX_NANO_XLA_FLAGS=0).
     xla_flags.apply_default_flags()
     if job["mode"] == "profile":
-        from jax_nano.profile import dump_flags
+        from jax_nano.bench.profile import dump_flags
 
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {dump_flags(job['dump_dir'])}".strip()
     try:
         if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
-            from jax_nano.cli import use_compilation_cache
+            from jax_nano.core.cli import use_compilation_cache
 
             use_compilation_cache(os.environ["JAX_COMPILATION_CACHE_DIR"])
         result = run_job(job)
     except UserError as e:
         out.write_text(json.dumps({"error": str(e)}))
         return 2
-    from jax_nano.report import write_json_atomic
+    from jax_nano.core.report import write_json_atomic
 
     write_json_atomic(out, result)
     return 0
@@ -153,4 +144,4 @@ def main(job_path: str) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 2:
         sys.exit(main(sys.argv[1]))
-    sys.exit("usage: python -m jax_nano.worker JOB.pkl (written by jax_nano.compare or jax_nano.bench)")
+    sys.exit("usage: python -m jax_nano.bench.worker JOB.pkl (written by jax_nano.bench.compare or jax_nano.bench)")

@@ -10,7 +10,9 @@ import hashlib
 import json
 from pathlib import Path
 
-from jax_nano.report import write_json_atomic
+import numpy as np
+
+from jax_nano.core.report import write_json_atomic
 
 FORMAT = "jax-nano-checksums/1"
 _CHUNK = 1 << 24
@@ -84,16 +86,14 @@ def problem(root, manifest, present=None) -> str | None:
 
 
 def weights_sha256(state_dict: dict) -> str:
-    """sha256 over a PyTorch state_dict: every tensor in name order, as name, dtype, shape and raw bytes.
+    """sha256 over weights (name -> numpy array): every array in name order, as name, dtype, shape and raw bytes.
 
     Both trainers export the same names and dtypes (upstream's layout), so the same weights give the same
     hash whichever framework trained them.
     """
-    import torch
-
     sha = hashlib.sha256()
     for name in sorted(state_dict):
-        t = state_dict[name].detach().cpu().contiguous()
-        sha.update(f"{name}|{str(t.dtype).removeprefix('torch.')}|{list(t.shape)}|".encode())
-        sha.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        a = np.ascontiguousarray(state_dict[name])
+        sha.update(f"{name}|{a.dtype.name}|{list(a.shape)}|".encode())
+        sha.update(a.tobytes())
     return sha.hexdigest()

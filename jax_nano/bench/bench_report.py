@@ -1,4 +1,4 @@
-"""The benchmark's report (jax_nano/bench.py): its figures from the runs' summaries, as Markdown, JSON and PNG.
+"""The benchmark's report (jax_nano/bench/bench.py): its figures from the runs' summaries, as Markdown, JSON and PNG.
 
 Every figure is named with the device the runs themselves report (the JAX runs' device name; a CPU is
 "N-core CPU"), never with what the bench was asked for.
@@ -12,8 +12,8 @@ import os
 from pathlib import Path
 
 from configs.tracks import FRAMEWORKS
-from jax_nano.compare import LABEL, device_slug, fmt, fmt_stats
-from jax_nano.stats import ratio, spread
+from jax_nano.bench.compare_report import LABEL, device_slug, fmt, fmt_stats
+from jax_nano.bench.stats import ratio, spread
 
 CATEGORY_LABELS = {"matmul": "matmuls", "attention": "attention", "muon": "Muon (Polar Express)", "rest": "the rest",
                    "gaps": "gaps"}
@@ -56,12 +56,11 @@ def _median(stats: dict | None):
     return stats["median"] if stats else None
 
 
-def assemble(records: list[dict], plan, *, device: str, elapsed_s: float) -> dict:
-    from jax_nano.bench import CASES
-
+def assemble(records: list[dict], plan, cases: tuple, *, device: str, elapsed_s: float) -> dict:
+    """The report of `records` (the runs so far), one section per case of `cases` (the suite's `CASES`)."""
     label = device_label(records, device)
-    cases = []
-    for case in CASES:
+    sections = []
+    for case in cases:
         runs = {fw: [r for r in records if r["kind"] == "head-to-head" and r["case"] == case.name
                      and r["framework"] == fw] for fw in FRAMEWORKS}
         frameworks = {}
@@ -78,7 +77,7 @@ def assemble(records: list[dict], plan, *, device: str, elapsed_s: float) -> dic
         paired = [p["jax"] / p["torch"] for p in pairs.values() if len(p) == 2 and p["torch"]]
         any_result = next((r["result"] for fw in FRAMEWORKS for r in runs[fw] if "result" in r), None)
         config = (any_result or {}).get("track_config") or {}
-        cases.append({
+        sections.append({
             "case": case.name, "track": case.track,
             "config": {k: config.get(k) for k in ("model", "batch_size", "seq_len", "precision", "target_loss",
                                                    "target_tokens", "max_steps")},
@@ -86,7 +85,7 @@ def assemble(records: list[dict], plan, *, device: str, elapsed_s: float) -> dic
             "ratio_tokens_per_s": ratio(*(_median(frameworks[fw]["metrics"]["tokens_per_s"]) for fw in FRAMEWORKS)),
             "ratio_paired": spread(paired),
         })
-    base = [r for r in records if r["kind"] == "head-to-head" and r["case"] == CASES[0].name
+    base = [r for r in records if r["kind"] == "head-to-head" and r["case"] == cases[0].name
             and r["framework"] == "jax"]
     default = _metrics(base)
     levers = [{"lever": "default", "about": "the track as it runs (attention auto, layers scanned, remat none, "
@@ -99,7 +98,7 @@ def assemble(records: list[dict], plan, *, device: str, elapsed_s: float) -> dic
                        "metrics": metrics, "status": _status(mine),
                        "vs_default": ratio(_median(metrics["tokens_per_s"]), _median(default["tokens_per_s"]))})
     profiles = []
-    for case in CASES if plan.profile_steps else ():
+    for case in cases if plan.profile_steps else ():
         mine = [r for r in records if r["kind"] == "profile" and r["case"] == case.name]
         profiles.append({"case": case.name, "status": _status(mine),
                          "breakdown": next((r["result"] for r in mine if "result" in r), None)})
@@ -107,7 +106,7 @@ def assemble(records: list[dict], plan, *, device: str, elapsed_s: float) -> dic
         "device": label, "device_slug": device_slug(label), "asked_device": device, "smoke": plan.smoke,
         "commit": next((r["result"].get("commit") for r in records if r.get("result")), "unknown"),
         "date": datetime.date.today().isoformat(), "elapsed_s": elapsed_s,
-        "plan": dataclasses.asdict(plan), "cases": cases, "levers": levers, "profiles": profiles,
+        "plan": dataclasses.asdict(plan), "cases": sections, "levers": levers, "profiles": profiles,
         "notes": notes_for(records, plan),
         "runs": [{k: r.get(k) for k in ("label", "kind", "case", "framework", "lever", "cold", "repeat", "wall_s",
                                         "backend", "error", "skipped")}
@@ -186,7 +185,7 @@ def render_markdown(result: dict) -> str:
                      f"{fmt_stats(m['mfu'], 'percent')} | {fmt_stats(m['peak_memory_bytes'], 'bytes')} | "
                      f"{fmt_stats(m['setup_cold_s'], 'duration')} | {row['status']} |")
     if result["profiles"]:
-        lines += ["", "## Where the JAX step's device time goes (profile; rules in jax_nano/profile.py)", "",
+        lines += ["", "## Where the JAX step's device time goes (profile; rules in jax_nano/bench/profile.py)", "",
                   "| case | step time | " + " | ".join(CATEGORY_LABELS.values()) + " | kernels (no HLO name) | "
                   "status |", "|---|---|" + "---|" * len(CATEGORY_LABELS) + "---|---|"]
         for prof in result["profiles"]:
@@ -241,7 +240,7 @@ def plot(result: dict, path) -> None:
 
 def write(result: dict, stem) -> dict:
     """`stem`.md, .json and .png (written atomically; `stem` may hold dots of its own)."""
-    from jax_nano import report
+    from jax_nano.core import report
 
     files = {kind: f"{stem}.{kind}" for kind in ("md", "json", "png")}
     result["files"] = files

@@ -18,7 +18,7 @@ from configs.tracks import Track
 
 class NonFiniteLoss(UserError):
     """The loss became NaN or inf; the message names the step and, once the driver has looked, the checkpoint kept
-    (jax_nano/speedrun.py)."""
+    (jax_nano/run/speedrun.py)."""
 
     def __init__(self, step: int, loss: float, kept: str | None = None):
         super().__init__(f"train loss is {loss} at step {step}; stopping" + (f" ({kept})" if kept else ""))

@@ -1,6 +1,6 @@
 """Benchmark scores of a model through lm-evaluation-harness, written as results/eval-<name>.{md,json}.
 
-The harness does the scoring (`lm_eval.simple_evaluate` over `jax_nano.lm_eval_model.JaxNanoLM`); this module
+The harness does the scoring (`lm_eval.simple_evaluate` over `jax_nano.evaluate.lm_eval_model.JaxNanoLM`); this module
 picks the tasks, turns the harness's answer into the project's report, and names the report in the run's
 summary JSON.
 """
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from configs.errors import UserError
-from jax_nano import report
+from jax_nano.core import report
 
 DEFAULT_TASKS = ("hellaswag", "arc_easy", "arc_challenge", "piqa", "lambada_openai")
 

@@ -1,38 +1,46 @@
 """One speedrun end to end, for either framework: data, setup (untimed), the timed loop, final evaluation,
-checkpoint, summary JSON, loss-curve PNG and, on request, a LEADERBOARD.md row."""
+checkpoint, summary JSON, loss-curve PNG and, on request, a LEADERBOARD.md row.
+
+The driver stands above both frameworks and imports neither: it picks a trainer class by name (`TRAINERS`) and
+talks to it only through the interface of jax_nano/core/trainer.py.
+"""
 
 import dataclasses
 import datetime
+import importlib
 import math
 import subprocess
 import time
 from pathlib import Path
 
-import jax
-
 from configs.errors import UserError
 from configs.model import get_model_config
 from configs.tracks import Track
-from jax_nano import checksums, data, loop, report
-from jax_nano.convert import save_torch, upstream_checkpoint
-from jax_nano.eligibility import check as eligibility
+from jax_nano.core import checksums, loop, report
+from jax_nano.core.trainer import Trainer
+from jax_nano.data.loader import TrainLoader, val_batches
+from jax_nano.data.token_store import open_store, require_tokens
+from jax_nano.run.eligibility import in_band
 
 EXPORT_FORMATS = ("plain", "upstream")
+# framework -> the module and class of its trainer, imported only when a run asks for that framework
+TRAINERS = {"jax": ("jax_nano.train", "JaxTrainer"), "torch": ("torch_ref.train", "TorchTrainer")}
 
 
 class RunError(UserError):
     """A run that cannot start as asked; one line with the fix."""
 
 
-def make_trainer(track: Track, run_dir: Path, init_state_dict=None, mesh=None):
-    cfg = get_model_config(track.model)
-    if track.framework == "jax":
-        from jax_nano.train import JaxTrainer
+def trainer_class(framework: str) -> type[Trainer]:
+    if framework not in TRAINERS:
+        raise RunError(f"unknown framework {framework!r}; choose one of {', '.join(TRAINERS)}")
+    module, name = TRAINERS[framework]
+    return getattr(importlib.import_module(module), name)
 
-        return JaxTrainer(track, cfg, run_dir=run_dir, init_state_dict=init_state_dict, mesh=mesh)
-    from torch_ref.train import TorchTrainer
 
-    return TorchTrainer(track, cfg, run_dir=run_dir, init_state_dict=init_state_dict)
+def make_trainer(track: Track, run_dir: Path, init_weights=None, mesh=None) -> Trainer:
+    return trainer_class(track.framework)(track, get_model_config(track.model), run_dir=run_dir,
+                                          init_weights=init_weights, mesh=mesh)
 
 
 def git_commit() -> str:
@@ -42,44 +50,6 @@ def git_commit() -> str:
         return out.stdout.strip() or "unknown"
     except OSError:
         return "unknown"
-
-
-class CompileCounter:
-    """Counts XLA compilations; the timed loop must have none (everything is compiled before the clock)."""
-
-    def __init__(self):
-        self.count, self.active = 0, False
-        jax.monitoring.register_event_duration_secs_listener(self._on_event)
-
-    def _on_event(self, event: str, duration: float, **_):
-        if self.active and event == "/jax/core/compile/backend_compile_duration":
-            self.count += 1
-
-
-_COMPILES = None
-
-
-def compile_counter() -> CompileCounter:
-    global _COMPILES
-    if _COMPILES is None:
-        _COMPILES = CompileCounter()
-    return _COMPILES
-
-
-def choose_mesh(track: Track, mesh: str | None):
-    """The JAX mesh for this run: the one `mesh` asks for, or every device on the data axis when there is more
-    than one device (None, the plain single-device path, otherwise)."""
-    from jax_nano import sharding
-
-    if track.framework != "jax":
-        if mesh is not None:
-            raise RunError(f"--mesh {mesh!r} applies to the jax framework only; drop it for --framework torch")
-        return None
-    if mesh is None and jax.device_count() == 1:
-        return None
-    built = sharding.make_mesh(mesh)
-    sharding.check_batch(track.batch_size, built)
-    return built
 
 
 def speedrun(track: Track, *, run_name: str | None = None, results_dir="results", runs_dir="runs", resume=False,
@@ -100,9 +70,11 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     run_name = run_name or f"{track.name}-{track.framework}"
     if export_format not in EXPORT_FORMATS:
         raise RunError(f"unknown export format {export_format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-    built_mesh = choose_mesh(track, mesh)
-    lead = jax.process_index() == 0
-    share = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    framework = trainer_class(track.framework)
+    built_mesh = framework.mesh_for(track, mesh)
+    index, count = framework.processes()
+    lead = index == 0
+    share = {"process_index": index, "process_count": count}
     run_dir, results_dir = Path(runs_dir) / run_name, Path(results_dir)
     # Only finished checkpoints count: a save cut short leaves temporary files, not a checkpoint.
     folder = run_dir / "checkpoints"
@@ -114,29 +86,27 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
         raise RunError(f"run {run_name!r} already has checkpoints in {run_dir}; pass --resume to continue it "
                        "or --run-name NAME to start a new one")
     cfg = get_model_config(track.model)
-    store = data.open_store(track.data, vocab_size=cfg.vocab_size, seq_len=track.seq_len)
+    store = open_store(track.data, vocab_size=cfg.vocab_size, seq_len=track.seq_len)
     # A token track must not repeat data; a loss track may (it stops when it stops).
     needed = track.total_steps * track.tokens_per_step if not track.is_loss_track else track.tokens_per_step
-    data.require_tokens(store, needed, track.name)
-    val_NBT = data.val_batches(store, track.batch_size, track.eval_batches)
-    init_state_dict = None
-    if init_from is not None:
-        from jax_nano.weights import fit_state_dict, read_state_dict
+    require_tokens(store, needed, track.name)
+    val_NBT = val_batches(store, track.batch_size, track.eval_batches)
+    init_weights = None
+    if init_from is not None:  # a PyTorch file: reading it takes PyTorch whichever framework trains
+        from jax_nano.interop.weights import fit_state_dict, read_state_dict
 
-        init_state_dict = fit_state_dict(read_state_dict(init_from), cfg, where=init_from)
+        init_weights = fit_state_dict(read_state_dict(init_from), cfg, where=init_from)
 
-    trainer = make_trainer(track, run_dir, init_state_dict, built_mesh)
+    trainer = make_trainer(track, run_dir, init_weights, built_mesh)
     # The checksums are verified before setup, so a damaged checkpoint is refused before any compilation.
     step = trainer.resume_step(fallback) if resume else None
     if resume and step is None:  # only something else under a checkpoint's name, e.g. a file named 4 in a JAX run
         raise RunError(f"--resume: run {run_name!r} has no checkpoint {trainer.framework} can read in {run_dir}")
-    warm = data.TrainLoader(store, track.batch_size, track.seed, prefetch=0, **share)
+    warm = TrainLoader(store, track.batch_size, track.seed, prefetch=0, **share)
     setup_s = trainer.setup([warm.batch(i) for i in range(track.warmup_steps)], val_NBT)
     progress = trainer.restore(step) if resume else loop.Progress()
-    loader = data.TrainLoader(store, track.batch_size, track.seed, start_step=progress.next_step, **share)
-    counter = compile_counter()
-    compiles_before = counter.count
-    counter.active = True
+    loader = TrainLoader(store, track.batch_size, track.seed, start_step=progress.next_step, **share)
+    compiles_before = trainer.compiles()
     try:
         with (report.MetricsLog(results_dir / f"{run_name}.jsonl", append=resume) if lead else _NoLog()) as log:
             try:
@@ -148,7 +118,7 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
                 raise loop.NonFiniteLoss(e.step, e.loss, kept=(
                     f"kept the checkpoint of step {kept}, the newest that verifies" if kept is not None
                     else "no verified checkpoint of an earlier step is kept")) from None
-            counter.active = False
+            compiles = trainer.compiles() - compiles_before
             if not loop.finished(track, progress):
                 trainer.save(progress)
                 trainer.close()
@@ -158,22 +128,20 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
             progress.eval_time_s += time.perf_counter() - t0
             log.write({"step": progress.next_step - 1, **final})
     finally:
-        counter.active = False
         loader.close()
     if save_final:
         trainer.save(progress)
     trainer.close()
-    state_dict = trainer.export_state_dict()  # every process: a gather under a mesh
+    weights = trainer.export()  # every process: a gather under a mesh
     if lead and export_to is not None:
-        exported = state_dict
-        if export_format == "upstream":
-            metrics = {"train_loss": progress.losses[-1] if progress.losses else math.nan, **final}
-            exported = upstream_checkpoint(state_dict, trainer.cfg, metrics, progress.next_step)
-        save_torch(exported, export_to)
-    digests = {"weights_sha256": checksums.weights_sha256(state_dict) if lead else None,
+        from jax_nano.interop.export import export_torch
+
+        metrics = {"train_loss": progress.losses[-1] if progress.losses else math.nan, **final}
+        export_torch(weights, export_to, export_format, cfg=trainer.cfg, metrics=metrics, step=progress.next_step)
+    digests = {"weights_sha256": checksums.weights_sha256(weights) if lead else None,
                "data_sha256": store.header["sha256"], "data_header_sha256": store.header_sha256}
 
-    summary = summarize(track, trainer, progress, final, setup_s, run_name, counter.count - compiles_before)
+    summary = summarize(track, trainer.facts(), progress, final, setup_s, run_name, compiles)
     summary.update(digests)
     if not lead:
         return summary
@@ -197,20 +165,18 @@ class _NoLog:
         return False
 
 
-def summarize(track: Track, trainer, progress: loop.Progress, final: dict, setup_s: float, run_name: str,
+def summarize(track: Track, facts: dict, progress: loop.Progress, final: dict, setup_s: float, run_name: str,
               compiles: int) -> dict:
+    """`facts`: the trainer's (jax_nano/core/trainer.py)."""
     cfg = get_model_config(track.model)
     steps = progress.next_step
     tokens = steps * track.tokens_per_step
     tokens_per_s = tokens / progress.active_time_s if progress.active_time_s > 0 else 0.0
-    device = trainer.device_name()
-    verdict = eligibility(cfg, band_of=cfg.name)
-    peak = trainer.peak_memory_bytes()
-    par = trainer.parallelism()
+    device = facts["device"]
     return {
         "run": run_name, "finished": True, "track": track.name, "framework": track.framework,
         "date": datetime.date.today().isoformat(), "device": device, "commit": git_commit(),
-        "versions": trainer.versions(),
+        "versions": facts["versions"],
         "reached_target": progress.reached_step is not None if track.is_loss_track else None,
         "steps": steps, "tokens": tokens,
         "train_loss": progress.losses[-1] if progress.losses else math.nan,
@@ -219,10 +185,11 @@ def summarize(track: Track, trainer, progress: loop.Progress, final: dict, setup
         "active_time_s": progress.active_time_s, "active_time": report.format_duration(progress.active_time_s),
         "setup_time_s": setup_s, "eval_time_s": progress.eval_time_s,
         "tokens_per_s": tokens_per_s, "mfu": report.mfu(tokens_per_s, cfg, track.seq_len, device),
-        "peak_memory_bytes": peak, "params": verdict.jax_params, "eligible": verdict.eligible,
+        "peak_memory_bytes": facts["peak_memory_bytes"], "params": facts["params"],
+        "eligible": in_band(facts["params"], cfg.name),
         "compiles_during_run": compiles, "evals": progress.evals,
-        "n_devices": par["n_devices"], "n_processes": par["n_processes"], "mesh": par["mesh"],
-        "tokens_per_s_per_device": tokens_per_s / par["n_devices"],
+        "n_devices": facts["n_devices"], "n_processes": facts["n_processes"], "mesh": facts["mesh"],
+        "tokens_per_s_per_device": tokens_per_s / facts["n_devices"],
         "track_config": dataclasses.asdict(track),
     }
 

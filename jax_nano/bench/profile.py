@@ -195,17 +195,19 @@ def profile_job(job: dict) -> dict:
     import jax
 
     from configs.model import get_model_config
-    from jax_nano import data, loop
-    from jax_nano.speedrun import make_trainer
-    from jax_nano.worker import backend_of
+    from jax_nano.core import loop
+    from jax_nano.core.device import backend_of
+    from jax_nano.data.loader import TrainLoader
+    from jax_nano.data.token_store import open_store
+    from jax_nano.run.speedrun import make_trainer
 
     track = job["track"]
     cfg = get_model_config(track.model)
-    store = data.open_store(track.data, vocab_size=cfg.vocab_size, seq_len=track.seq_len, verify=False)
-    warm = data.TrainLoader(store, track.batch_size, track.seed, prefetch=0)
+    store = open_store(track.data, vocab_size=cfg.vocab_size, seq_len=track.seq_len, verify=False)
+    warm = TrainLoader(store, track.batch_size, track.seed, prefetch=0)
     trainer = make_trainer(track, run_dir=None)
     trainer.setup([warm.batch(i) for i in range(track.warmup_steps)], None)
-    loader = data.TrainLoader(store, track.batch_size, track.seed)
+    loader = TrainLoader(store, track.batch_size, track.seed)
     try:
         with jax.profiler.trace(job["trace_dir"], create_perfetto_trace=True):
             progress = loop.run(track.replace(max_steps=job["steps"]), trainer, loader, None,
@@ -215,5 +217,5 @@ def profile_job(job: dict) -> dict:
         trainer.close()
     result = breakdown(device_events(read_trace(job["trace_dir"])), load_hlo_dumps(job["dump_dir"]),
                        progress.next_step)
-    return {**result, "device": trainer.device_name(), "backend": backend_of("jax"), "track": track.name,
+    return {**result, "device": trainer.facts()["device"], "backend": backend_of("jax"), "track": track.name,
             "model": track.model}

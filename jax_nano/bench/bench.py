@@ -4,9 +4,9 @@
    4.5loss step with its target check on, the 88M 8M step);
 2. JAX levers one at a time against the default, on the first case: each lever in `LEVERS` is data (Track
    overrides and environment variables of its worker), so the table is data, not code paths;
-3. with `profile_steps`, a JAX profile of a few steps of each case (jax_nano/profile.py).
+3. with `profile_steps`, a JAX profile of a few steps of each case (jax_nano/bench/profile.py).
 
-Every run is a fresh process (jax_nano/worker.py) doing `speedrun` of the real track, on random tokens (a token
+Every run is a fresh process (jax_nano/bench/worker.py) doing `speedrun` of the real track, on random tokens (a token
 store written into the work folder: the GPU machine has no dataset), in throughput mode
 (`compare.stop_rule`: a fixed step budget, the loss track's target check kept). All runs of one invocation
 share fresh compilation caches: each program's first run is cold, a repeat of it warm.
@@ -29,8 +29,10 @@ import numpy as np
 from configs.errors import UserError
 from configs.model import get_model_config
 from configs.tracks import FRAMEWORKS, Track, get_track
-from jax_nano.compare import LABEL, stop_rule
-from jax_nano.worker import WorkerError, launch, worker_env
+from jax_nano.bench import bench_report
+from jax_nano.bench.compare import stop_rule
+from jax_nano.bench.compare_report import LABEL
+from jax_nano.bench.worker import WorkerError, launch, worker_env
 
 
 class BenchError(UserError):
@@ -154,10 +156,10 @@ def write_random_store(path: Path, track: Track, plan: Plan) -> str:
     batch = max(get_track(case.track).batch_size for case in CASES)
     # The validation split is 10% of the rows (rounded up) and must hold one batch.
     rows = -(-(plan.steps + 2) * batch * 10 // 9) + 10 * batch
-    from jax_nano import data
+    from jax_nano.data.token_store import write_store
 
     tokens = np.random.default_rng(0).integers(0, cfg.vocab_size, rows * track.seq_len, dtype=np.uint16)
-    data.write_store(path, tokens, seq_len=track.seq_len, vocab_size=cfg.vocab_size, source="random tokens",
+    write_store(path, tokens, seq_len=track.seq_len, vocab_size=cfg.vocab_size, source="random tokens",
                      tokenizer="none")
     return str(path)
 
@@ -251,8 +253,6 @@ def check_backend(record: dict, device: str) -> None:
 def bench(plan: Plan, *, device: str = "gpu", results_dir="results", output=None, show_bar: bool = True,
           keep_work: bool = False, log=print) -> dict:
     """Run the suite, writing the report after every run; returns the report dict (with "files")."""
-    from jax_nano import bench_report
-
     plan.check()
     work = Path(tempfile.mkdtemp(prefix="jax-nano-bench-"))
     try:
@@ -287,7 +287,7 @@ def bench(plan: Plan, *, device: str = "gpu", results_dir="results", output=None
                 check_backend(record, device)
             records.append(record)
             if "skipped" not in record or i == len(runs):
-                result = bench_report.assemble(records, plan, device=device, elapsed_s=time.monotonic() - t0)
+                result = bench_report.assemble(records, plan, CASES, device=device, elapsed_s=time.monotonic() - t0)
                 stem = Path(output) if output else Path(results_dir) / f"bench-{result['device_slug']}"
                 if written and written != stem:  # the first runs failed: the device's name came later
                     for kind in ("md", "json", "png"):

@@ -1,9 +1,8 @@
-"""Token stores and the deterministic loader shared by the JAX and PyTorch trainers.
+"""Token stores: a directory of uint16 token ids and a checked header, written atomically, read memory-mapped.
 
-A store is a directory with `tokens.bin` (flat little-endian uint16 token ids, rows of
-`seq_len` tokens back to back) and `header.json`. Everything here works on numpy arrays only,
-so batch k is bit-identical whichever framework asks for it. `datasets`, `tokenizers` and
-`gguf` are imported lazily: the GPU machine has only numpy.
+A store is a directory with `tokens.bin` (flat little-endian uint16 token ids, rows of `seq_len` tokens back
+to back) and `header.json`. Everything here works on numpy arrays only, so batch k is bit-identical whichever
+framework asks for it (jax_nano/data/loader.py cuts the batches).
 """
 
 from __future__ import annotations
@@ -12,29 +11,23 @@ import datetime
 import hashlib
 import json
 import os
-import queue
 import shutil
-import socket
-import threading
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from configs.errors import UserError
-from jax_nano.checksums import sha256_file
+from jax_nano.core.checksums import sha256_file
 
 SAMPLE = "sample"
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
-HUB_DATASET = "vukrosic/blueberry-1B-pretrain"
 FORMAT = "jax-nano-tokens/1"
 VAL_FRACTION = 0.1
 SPLIT_SEED = 42
 
 _TOKENS, _HEADER = "tokens.bin", "header.json"
 _DTYPE = np.dtype("<u2")
-_OFFLINE_HINT = "python scripts/prepare_data.py --source offline"
-_FALSE = ("", "0", "false", "False", "FALSE", "no", "off")
 _REQUIRED_KEYS = ("format", "vocab_size", "seq_len", "n_tokens", "n_rows", "sha256", "val_fraction", "split_seed")
 
 
@@ -285,253 +278,3 @@ def require_tokens(store: TokenStore, needed: int, what: str) -> None:
             f"store {store.path} has {have:,} train tokens, track '{what}' needs {needed:,}; prepare more rows with "
             "python scripts/prepare_data.py --rows N (hub) or --source offline"
         )
-
-
-# --------------------------------------------------------------------------- batches
-
-
-class TrainLoader:
-    """Shuffled global batches of train windows: batch k depends only on (store, batch_size, seed, k).
-
-    Epoch e visits the windows in `default_rng((seed, e)).permutation(train_rows)` order in chunks
-    of `batch_size`, dropping the last partial batch. Process p of P gets rows
-    [p*B/P, (p+1)*B/P) of each global batch. A background thread keeps `prefetch` batches ready.
-    """
-
-    def __init__(
-        self,
-        store: TokenStore,
-        batch_size: int,
-        seed: int,
-        start_step: int = 0,
-        prefetch: int = 2,
-        process_index: int = 0,
-        process_count: int = 1,
-    ):
-        if batch_size <= 0 or batch_size % process_count:
-            raise DataError(f"batch_size {batch_size} must be a positive multiple of process_count {process_count}")
-        if not 0 <= process_index < process_count:
-            raise DataError(f"process_index {process_index} is outside [0, {process_count})")
-        self.steps_per_epoch = store.train_rows // batch_size
-        if self.steps_per_epoch == 0:
-            raise DataError(
-                f"store {store.path} has {store.train_rows} train windows of {store.seq_len} tokens, "
-                f"fewer than one batch of {batch_size}; lower the batch size or prepare more data"
-            )
-        self.store, self.batch_size, self.seed = store, batch_size, int(seed)
-        self.local_batch = batch_size // process_count
-        self._lo = process_index * self.local_batch
-        self.step = int(start_step)
-        self._perm_lock = threading.Lock()
-        self._perm_epoch, self._perm = -1, None
-        self._stop = threading.Event()
-        self._queue: queue.Queue | None = None
-        self._thread = None
-        if prefetch > 0:
-            self._queue = queue.Queue(maxsize=prefetch)
-            self._thread = threading.Thread(target=self._fill, args=(self.step,), daemon=True, name="TrainLoader")
-            self._thread.start()
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        with self._perm_lock:
-            if epoch != self._perm_epoch:
-                self._perm = np.random.default_rng((self.seed, epoch)).permutation(self.store.train_rows)
-                self._perm_epoch = epoch
-            return self._perm
-
-    def batch(self, step: int) -> np.ndarray:
-        """This process's share of global batch `step` (random access; nothing is replayed)."""
-        epoch, k = divmod(int(step), self.steps_per_epoch)
-        start = k * self.batch_size + self._lo
-        return self.store.rows("train", self._permutation(epoch)[start : start + self.local_batch])
-
-    def _fill(self, step: int) -> None:
-        while not self._stop.is_set():
-            try:
-                item = (step, self.batch(step))
-            except Exception as e:  # noqa: BLE001 - re-raised in the consumer's thread by __next__
-                item = (step, e)
-            while not self._stop.is_set():
-                try:
-                    self._queue.put(item, timeout=0.1)
-                    break
-                except queue.Full:
-                    continue
-            if isinstance(item[1], Exception):
-                return
-            step += 1
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> np.ndarray:
-        if self._queue is None:
-            out = self.batch(self.step)
-        else:
-            if self._stop.is_set():
-                raise StopIteration
-            _, out = self._queue.get()
-            if isinstance(out, Exception):
-                raise out
-        self.step += 1
-        return out
-
-    def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-def val_batches(store: TokenStore, batch_size: int, n_batches: int) -> np.ndarray:
-    """The first `n_batches` (or as many full ones as exist) batches of validation windows, in order."""
-    available = store.val_rows // batch_size
-    if available == 0:
-        raise DataError(
-            f"store {store.path} has {store.val_rows} validation windows, fewer than one batch of {batch_size}; "
-            "lower the eval batch size or prepare more data"
-        )
-    n = min(int(n_batches), available)
-    return store.rows("val", np.arange(n * batch_size)).reshape(n, batch_size, store.seq_len)
-
-
-# --------------------------------------------------------------------------- sources
-
-
-def _hub_reachable(timeout: float = 5.0) -> bool:
-    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
-        return True  # a direct probe says nothing about a proxied route; let datasets try
-    try:
-        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
-def load_hub(dataset_id: str = HUB_DATASET, rows: int = 20000, split: str = "train"):
-    """The first `rows` rows of a Hub dataset (or a local dataset directory/files `load_dataset` accepts).
-
-    Fails fast with the offline alternative when the Hub is switched off or unreachable,
-    instead of letting `datasets` retry for minutes.
-    """
-    import datasets
-
-    if not Path(dataset_id).exists():
-        offline = [v for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE") if os.environ.get(v, "0") not in _FALSE]
-        why = f"{offline[0]} is set" if offline else None if _hub_reachable() else "the Hugging Face Hub is unreachable"
-        if why:
-            raise DataError(
-                f"{why}, so {dataset_id} cannot be downloaded; build the offline corpus with "
-                f"`{_OFFLINE_HINT}` or pass --source PATH to a local copy"
-            )
-    split_spec = f"{split}[:{rows}]" if rows else split
-    try:
-        return datasets.load_dataset(dataset_id, split=split_spec)
-    except (FileNotFoundError, ValueError, ConnectionError, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        raise DataError(
-            f"could not load {dataset_id} split {split_spec!r}: {msg}; for an offline corpus use `{_OFFLINE_HINT}`"
-        ) from None
-
-
-def load_local(path, rows: int | None = None):
-    """A local `save_to_disk` directory, or parquet / JSONL file(s) or a directory of them, as a Dataset."""
-    import datasets
-
-    datasets.disable_progress_bars()  # local reads are quick; keep stderr to the one-line error on failure
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p} does not exist; pass a save_to_disk directory, parquet/JSONL files, or text files")
-    json_lines = []
-    try:
-        if (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file():
-            state = p / "state.json"
-            if state.is_file() and not json.loads(state.read_text()).get("_data_files"):
-                raise DataError(f"dataset {p} is empty (0 rows); check the path, split and --rows")
-            ds = datasets.load_from_disk(str(p))
-            if isinstance(ds, datasets.DatasetDict):
-                if "train" not in ds:
-                    raise DataError(f"{p} holds splits {list(ds)} but no 'train' split")
-                ds = ds["train"]
-        else:
-            files = sorted(p.rglob("*")) if p.is_dir() else [p]
-            kinds = {
-                "parquet": [f for f in files if f.suffix == ".parquet"],
-                "json": [f for f in files if f.suffix in (".jsonl", ".json")],
-            }
-            kind = next((k for k, v in kinds.items() if v), None)
-            json_lines = [f for f in kinds["json"] if f.suffix == ".jsonl"] if kind == "json" else []
-            if kind is None:
-                raise DataError(f"{p} has no parquet or JSONL files and is not a save_to_disk directory")
-            if kind == "json" and not any(_has_text(f) for f in kinds[kind]):
-                raise DataError(f"{p} holds no rows (its JSON files are empty); check the path")
-            verbosity = datasets.logging.get_verbosity()
-            datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # the one-line error below says it all
-            try:
-                ds = datasets.load_dataset(kind, data_files=[str(f) for f in kinds[kind]], split="train")
-            finally:
-                datasets.logging.set_verbosity(verbosity)
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 - datasets raises many unrelated types for unreadable input
-        bad_line = _first_bad_json_line(json_lines)
-        if bad_line:
-            raise DataError(f"could not read {p} as a dataset: {bad_line}") from None
-        msg = str(e).splitlines()[0] if str(e) else ""
-        raise DataError(f"could not read {p} as a dataset: {e.__class__.__name__} {msg}".rstrip()) from None
-    if rows:
-        ds = ds.select(range(min(rows, len(ds))))
-    return ds
-
-
-def _has_text(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return any(line.strip() for line in f)
-
-
-def _first_bad_json_line(files) -> str | None:
-    """Where a JSON Lines file stops being one JSON object per line, to name it when `datasets` cannot read it."""
-    for path in files:
-        try:
-            with open(path, "rb") as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        row = json.loads(line)
-                    except ValueError as e:
-                        return f"{path} line {n} is not JSON ({type(e).__name__}: {str(e).splitlines()[0][:80]})"
-                    if not isinstance(row, dict):
-                        return f"{path} line {n} is not a JSON object"
-        except OSError as e:
-            return f"{path} cannot be read ({e.strerror})"
-    return None
-
-
-def dataset_chunks(ds, *, seq_len: int, batch_rows: int = 1024) -> Iterable[np.ndarray]:
-    """The `input_ids` rows of a Dataset as (rows, seq_len) blocks, checking row lengths.
-
-    The id range is checked by write_store, which sees every chunk anyway; `labels` is ignored
-    because upstream's labels equal input_ids (the shift happens in the loss).
-    """
-    if "input_ids" not in ds.column_names:
-        raise DataError(f"dataset has columns {ds.column_names}, expected 'input_ids' (pre-tokenized rows)")
-    if len(ds) == 0:
-        raise DataError("dataset is empty (0 rows); check the path, split and --rows")
-    ds = ds.with_format("numpy", columns=["input_ids"])
-    for start in range(0, len(ds), batch_rows):
-        block = ds[start : start + batch_rows]["input_ids"]
-        if block.ndim != 2 or block.shape[1] != seq_len:  # ragged blocks come back as an object array
-            for i, row in enumerate(block):
-                if len(row) != seq_len:
-                    raise DataError(
-                        f"row {start + i} has {len(row)} tokens, expected {seq_len}; pass --seq-len {len(row)} "
-                        "if the whole dataset uses that length"
-                    )
-        yield block

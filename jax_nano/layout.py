@@ -1,19 +1,19 @@
-"""Lossless conversion between an upstream PyTorch `state_dict` and jax-nano parameters.
+"""Upstream's state_dict layout and jax-nano's parameter tree, one to the other, in numpy (no PyTorch needed).
 
-Both directions only transpose (torch Linear is (out, in), a Flax kernel (in, out)) and stack or unstack
-the layer axis, so a round trip is bit-exact in any dtype.
+Upstream names every tensor per layer (`transformer_blocks.{i}.attention.q_proj.weight`, stored (out, in));
+jax-nano stacks each block parameter along a leading layer axis and keeps Flax kernels (in, out). Both
+directions only transpose and stack or unstack, so a round trip is bit-exact in any dtype. The PyTorch side of
+the conversion (tensors to and from these arrays) is jax_nano/interop/convert.py.
 """
-
-import dataclasses
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-import torch
 from flax import nnx
 
 from configs.errors import UserError
 from configs.model import ModelConfig
+
+_SPLIT_NAMES = ("q_proj", "k_proj", "v_proj", "w_o")
 
 
 class ConversionError(UserError, ValueError):
@@ -21,12 +21,11 @@ class ConversionError(UserError, ValueError):
 
 
 def _block_params(cfg: ModelConfig):
-    """(torch name inside a block, jax path under transformer_blocks, is a linear weight)."""
+    """(upstream name inside a block, jax path under transformer_blocks, is a linear weight)."""
     if cfg.fused_qkvo:
         attn = [("attention.qkvo_proj", ("attention", "qkvo_proj"), True)]
     else:
-        names = ("q_proj", "k_proj", "v_proj", "w_o")
-        attn = [(f"attention.{n}.weight", ("attention", n, "kernel"), True) for n in names]
+        attn = [(f"attention.{n}.weight", ("attention", n, "kernel"), True) for n in _SPLIT_NAMES]
     attn += [(f"attention.{n}.weight", ("attention", n, "scale"), False) for n in ("q_norm", "k_norm")]
     mlp_names = ("gate_proj", "up_proj", "down_proj") if cfg.mlp == "swiglu" else ("up_proj", "down_proj")
     mlp = [(f"feed_forward.{n}.weight", ("feed_forward", n, "kernel"), True) for n in mlp_names]
@@ -46,38 +45,8 @@ def _get(tree: dict, path):
     return tree
 
 
-def save_torch(obj, path) -> None:
-    """`torch.save` through a temp file and a rename: a crash never leaves a half-written file at `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
-
-
-def upstream_checkpoint(state_dict: dict, cfg: ModelConfig, metrics: dict, step: int) -> dict:
-    """What upstream's trainer saves as `model.pt`, with plain values where it pickles its own config class,
-    so upstream's code loads it with `torch.load(...)["model_state_dict"]` and strict `load_state_dict`."""
-    return {"model_state_dict": state_dict, "config": dataclasses.asdict(cfg), "metrics": dict(metrics),
-            "step": int(step)}
-
-
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    # numpy has no bfloat16; go through jnp, which has it, without changing a bit.
-    t = t.detach().cpu()
-    if t.dtype == torch.bfloat16:
-        return np.asarray(jnp.asarray(t.view(torch.int16).numpy()).view(jnp.bfloat16))
-    return t.numpy()
-
-
-def _to_torch(a) -> torch.Tensor:
-    a = np.asarray(a)
-    if a.dtype == jnp.bfloat16:
-        return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
-    return torch.from_numpy(a.copy())
-
-
-def expected_torch_shapes(cfg: ModelConfig) -> dict:
+def upstream_shapes(cfg: ModelConfig) -> dict:
+    """Every tensor of upstream's state_dict for `cfg` (but the tied `lm_head.weight`) and its shape."""
     d, kv, f = cfg.d_model, cfg.kv_dim, cfg.d_ff
     shapes = {"attention.qkvo_proj": (2 * d + 2 * kv, d), "attention.q_proj.weight": (d, d),
               "attention.k_proj.weight": (kv, d), "attention.v_proj.weight": (kv, d), "attention.w_o.weight": (d, d),
@@ -92,7 +61,8 @@ def expected_torch_shapes(cfg: ModelConfig) -> dict:
 
 
 def check_state_dict(state_dict: dict, cfg: ModelConfig) -> None:
-    expected = expected_torch_shapes(cfg)
+    """One line for the first thing that keeps `state_dict` (name -> numpy array) from fitting `cfg`."""
+    expected = upstream_shapes(cfg)
     missing = [k for k in expected if k not in state_dict]
     if missing:
         raise ConversionError(
@@ -108,12 +78,10 @@ def check_state_dict(state_dict: dict, cfg: ModelConfig) -> None:
             raise ConversionError(
                 f"tensor {name} has shape {tuple(state_dict[name].shape)}, model {cfg.name!r} needs {shape}"
             )
-    head = state_dict.get("lm_head.weight")
-    if head is not None and not torch.equal(head, state_dict["token_embedding.weight"]):
+    head, embedding = state_dict.get("lm_head.weight"), state_dict["token_embedding.weight"]
+    tied = head is None or head is embedding or (head.dtype == embedding.dtype and np.array_equal(head, embedding))
+    if not tied:
         raise ConversionError("lm_head.weight differs from token_embedding.weight; the head must be tied")
-
-
-_SPLIT_NAMES = ("q_proj", "k_proj", "v_proj", "w_o")
 
 
 def is_fused(state_dict: dict) -> bool:
@@ -133,43 +101,44 @@ def match_layout(state_dict: dict, cfg: ModelConfig) -> dict:
     for key, value in state_dict.items():
         prefix, _, name = key.rpartition(".attention.")
         if name == "qkvo_proj":
-            for part, w in zip(_SPLIT_NAMES, torch.split(value, [d, kv, kv, d], dim=0)):
-                out[f"{prefix}.attention.{part}.weight"] = w.clone()
+            for part, w in zip(_SPLIT_NAMES, np.split(value, [d, d + kv, d + 2 * kv], axis=0)):
+                out[f"{prefix}.attention.{part}.weight"] = w.copy()
         elif cfg.fused_qkvo and name == "q_proj.weight":
-            out[f"{prefix}.attention.qkvo_proj"] = torch.cat(
-                [state_dict[f"{prefix}.attention.{part}.weight"] for part in _SPLIT_NAMES], dim=0)
+            out[f"{prefix}.attention.qkvo_proj"] = np.concatenate(
+                [state_dict[f"{prefix}.attention.{part}.weight"] for part in _SPLIT_NAMES], axis=0)
         elif not (cfg.fused_qkvo and name in {f"{part}.weight" for part in _SPLIT_NAMES}):
             out[key] = value
     return out
 
 
-def torch_to_jax(state_dict: dict, cfg: ModelConfig) -> dict:
-    """Upstream `state_dict` -> nested dict of arrays in the layout of `nnx.state(GPT(cfg), nnx.Param)`."""
+def from_upstream(state_dict: dict, cfg: ModelConfig) -> dict:
+    """Upstream `state_dict` (name -> numpy array) -> nested dict in the layout of `nnx.state(GPT(cfg), nnx.Param)`."""
     check_state_dict(state_dict, cfg)
-    params = {"token_embedding": {"embedding": _to_numpy(state_dict["token_embedding.weight"])},
-              "norm": {"scale": _to_numpy(state_dict["norm.weight"])}}
+    params = {"token_embedding": {"embedding": state_dict["token_embedding.weight"]},
+              "norm": {"scale": state_dict["norm.weight"]}}
     for name, path, is_linear in _block_params(cfg):
-        layers = [_to_numpy(state_dict[f"transformer_blocks.{i}.{name}"]) for i in range(cfg.n_layers)]
+        layers = [state_dict[f"transformer_blocks.{i}.{name}"] for i in range(cfg.n_layers)]
         _set(params, ("transformer_blocks",) + path, np.stack([w.T if is_linear else w for w in layers]))
     return params
 
 
-def jax_to_torch(params, cfg: ModelConfig) -> dict:
-    """jax-nano parameters -> upstream `state_dict` (with the tied `lm_head.weight`), loadable with strict=True."""
+def to_upstream(params, cfg: ModelConfig) -> dict:
+    """jax-nano parameters -> upstream `state_dict` of C-contiguous numpy arrays, with the tied `lm_head.weight`."""
     if isinstance(params, nnx.State):
         params = nnx.to_pure_dict(params)
-    embedding = _to_torch(params["token_embedding"]["embedding"])
+    embedding = np.asarray(params["token_embedding"]["embedding"])
     state_dict = {"token_embedding.weight": embedding, "lm_head.weight": embedding,
-                  "norm.weight": _to_torch(params["norm"]["scale"])}
+                  "norm.weight": np.asarray(params["norm"]["scale"])}
     for name, path, is_linear in _block_params(cfg):
         stacked = np.asarray(_get(params["transformer_blocks"], path))
         for i in range(cfg.n_layers):
-            state_dict[f"transformer_blocks.{i}.{name}"] = _to_torch(stacked[i].T if is_linear else stacked[i])
+            state_dict[f"transformer_blocks.{i}.{name}"] = np.ascontiguousarray(
+                stacked[i].T if is_linear else stacked[i])
     return state_dict
 
 
 def load_params(model: nnx.Module, params: dict) -> None:
-    """Put a nested dict of arrays (e.g. from `torch_to_jax`) into a model, in place, keeping its dtypes."""
+    """Put a nested dict of arrays (e.g. from `from_upstream`) into a model, in place, keeping its dtypes."""
     state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(
         state, params, replace_fn=lambda old, new: old.replace(jnp.asarray(new, old.get_value().dtype))

@@ -24,7 +24,7 @@ from jax._src.ad_checkpoint import saved_residuals
 
 from configs.model import ModelConfig, get_model_config
 from configs.tracks import Track, get_track
-from jax_nano.cli import OVERRIDES, add_flag, run_main
+from jax_nano.core.cli import OVERRIDES, add_flag, run_main
 from jax_nano.model import GPT, block_step, loss_fn, rope_tables
 from jax_nano.optim import make_optimizer
 from jax_nano.train import model_config_for

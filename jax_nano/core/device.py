@@ -167,3 +167,14 @@ def check_device(device: str, frameworks, cpu_fix: str = "pass --device cpu") ->
         if not found.usable:
             raise DeviceError(f"{label} cannot use the NVIDIA GPU (driver {driver}; installed {found.build}): "
                               f"{fix(driver)}, or {cpu_fix} to train on the CPU on purpose")
+
+
+def backend_of(framework: str) -> str:
+    """Where `framework` computes in this process: "gpu" or "cpu" (as the trainers choose their device)."""
+    if framework == "torch":
+        import torch
+
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    import jax
+
+    return "gpu" if jax.default_backend() in ("gpu", "cuda", "rocm") else jax.default_backend()

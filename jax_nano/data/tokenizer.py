@@ -12,7 +12,7 @@ import functools
 import importlib.util
 import os
 
-from jax_nano.data import DataError
+from jax_nano.data.token_store import DataError
 
 VOCAB_SIZE = 49152
 EOS_ID = 0  # <|endoftext|>: the document separator of the pretraining data (not the chat eos)

@@ -1,6 +1,6 @@
 """Is a model eligible for a Blueberry-Nano leaderboard? Counts parameters in both frameworks, allocating nothing.
 
-    python -m jax_nano.eligibility --model blueberry-151m
+    python -m jax_nano.run.eligibility --model blueberry-151m
 """
 
 import argparse
@@ -8,7 +8,13 @@ import sys
 from dataclasses import dataclass
 
 from configs.model import ELIGIBILITY_BANDS, PRESETS, ModelConfig, get_model_config
-from jax_nano.cli import run_main
+from jax_nano.core.cli import run_main
+
+
+def in_band(params: int, band_of: str) -> bool:
+    """Whether `params` lies in the leaderboard band of the preset `band_of` (never, for a preset without one)."""
+    lo, hi = ELIGIBILITY_BANDS.get(band_of) or (0, -1)
+    return lo <= params <= hi
 
 
 @dataclass(frozen=True)
@@ -16,15 +22,15 @@ class Eligibility:
     model: str
     jax_params: int
     torch_params: int
-    band: tuple[float, float] | None
+    band_of: str  # the preset whose band applies
 
     @property
     def eligible(self) -> bool:
-        lo, hi = self.band or (0, -1)
-        return self.jax_params == self.torch_params and lo <= self.jax_params <= hi
+        return self.jax_params == self.torch_params and in_band(self.jax_params, self.band_of)
 
     def report(self) -> str:
-        band = f"{self.band[0] / 1e6:.2f}M..{self.band[1] / 1e6:.2f}M" if self.band else "no leaderboard band"
+        lo_hi = ELIGIBILITY_BANDS.get(self.band_of)
+        band = f"{lo_hi[0] / 1e6:.2f}M..{lo_hi[1] / 1e6:.2f}M" if lo_hi else "no leaderboard band"
         verdict = "ELIGIBLE" if self.eligible else "NOT eligible"
         return (f"{self.model}: JAX {self.jax_params:,} parameters, PyTorch {self.torch_params:,}; "
                 f"band {band}: {verdict}")
@@ -35,7 +41,8 @@ def check(cfg: ModelConfig, band_of: str | None = None) -> Eligibility:
     from jax_nano.model import count_params as jax_count
     from torch_ref.model import count_params as torch_count
 
-    return Eligibility(cfg.name, jax_count(cfg), torch_count(cfg), ELIGIBILITY_BANDS.get(band_of or cfg.name))
+    band_of = band_of or cfg.name
+    return Eligibility(cfg.name, jax_count(cfg), torch_count(cfg), band_of)
 
 
 def main(argv=None) -> int:

@@ -1,29 +1,15 @@
-"""JAX vs PyTorch head to head (SPEC section 5: one run, one machine, interleaved, several times).
-
-`compare(track, repeats=N)` trains the same track in both frameworks, alternating JAX, PyTorch, JAX, ... from
-the same initial weights (the JAX initialisation, exported once as a PyTorch state_dict and given to every run
-as `init_from`), and writes one report: Markdown, JSON and a PNG of the loss-vs-Active-Training-Time curves.
-
-Every run is its own process with the comparison's own fresh compilation caches (jax_nano/worker.py), so peak
-device memory is per run and each framework's first run is cold, its later runs warm.
-
-The statistics (median, spread, Welch's t-test) are in jax_nano/stats.py.
-"""
+"""The head-to-head report (jax_nano/bench/compare.py): the runs' summaries aggregated per framework, with
+ratios and Welch's t-test, as Markdown, JSON and a PNG of the loss-vs-Active-Training-Time curves."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 from configs.errors import UserError
-from configs.tracks import FRAMEWORKS, Track
-from jax_nano.stats import ratio, spread, welch_t_test
-from jax_nano.worker import launch, worker_env
+from configs.tracks import FRAMEWORKS
+from jax_nano.bench.stats import ratio, spread, welch_t_test
+from jax_nano.core import report
 
 LABEL = {"jax": "JAX", "torch": "PyTorch"}
 
@@ -36,7 +22,6 @@ def device_slug(device: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") or "device"
 
 
-# -- the report ------------------------------------------------------------------------------------------------
 
 # key -> (label, how a value is written, whether higher is better); all come from per-run summaries.
 METRICS = {
@@ -59,9 +44,7 @@ def fmt(value, kind: str) -> str:
     if value is None:
         return "n/a"
     if kind == "duration":
-        from jax_nano.report import format_duration
-
-        return format_duration(value)
+        return report.format_duration(value)
     if kind == "rate":
         return f"{value:,.0f}"
     if kind == "percent":
@@ -94,9 +77,7 @@ def fmt_stats(stats: dict | None, kind: str) -> str:
 
 def curve_of(jsonl_path) -> dict:
     """The per-step train losses of a run's results/<run>.jsonl: steps, losses, active seconds."""
-    from jax_nano.report import read_metrics
-
-    rows = [r for r in read_metrics(jsonl_path) if "loss" in r]
+    rows = [r for r in report.read_metrics(jsonl_path) if "loss" in r]
     return {"step": [r["step"] for r in rows], "loss": [r["loss"] for r in rows],
             "active_time_s": [r["active_time_s"] for r in rows]}
 
@@ -267,8 +248,6 @@ def render_markdown(result: dict) -> str:
 
 def write_report(result: dict, curves: list[dict], stem) -> dict:
     """`stem`.md, .json and .png; the loss curve of each framework's median run (by Active Training Time)."""
-    from jax_nano import report
-
     # Not Path.with_suffix: a track name such as "4.5loss" has a dot of its own.
     files = {kind: f"{stem}.{kind}" for kind in ("md", "json", "png")}
     result["files"] = files
@@ -285,118 +264,3 @@ def write_report(result: dict, curves: list[dict], stem) -> dict:
     report.write_json_atomic(files["json"], result)
     report.write_text_atomic(files["md"], render_markdown(result))
     return files
-
-
-# -- running ---------------------------------------------------------------------------------------------------
-
-
-def stop_rule(track: Track, *, steps: int | None = None, tokens: int | None = None) -> Track:
-    """Throughput mode: the track stops after `steps` steps (or the steps that hold `tokens` tokens).
-
-    The program timed stays the track's own: a loss track keeps its per-step target check, with a target no
-    run can reach (a cross-entropy is never below -inf) and the budget as its step cap; a token track gets
-    the budget as its token target."""
-    if steps is not None and tokens is not None:
-        raise CompareError("--steps and --tokens conflict: pass only one budget")
-    if steps is not None and steps < 1:
-        raise CompareError(f"--steps {steps}: must be >= 1")
-    if tokens is not None and tokens < 1:
-        raise CompareError(f"--tokens {tokens}: must be >= 1")
-    if steps is None and tokens is None:
-        return track
-    if track.is_loss_track:
-        steps = steps if steps is not None else -(-tokens // track.tokens_per_step)
-        return track.replace(target_loss=-math.inf, max_tokens=None, max_steps=steps)
-    tokens = tokens if tokens is not None else steps * track.tokens_per_step
-    return track.replace(target_tokens=tokens, max_tokens=None)
-
-
-def _check_data(track: Track) -> None:
-    """The data errors of a speedrun, before anything is started."""
-    from configs.model import get_model_config
-    from jax_nano import data
-
-    cfg = get_model_config(track.model)
-    store = data.open_store(track.data, vocab_size=cfg.vocab_size, seq_len=track.seq_len, verify=False)
-    needed = track.total_steps * track.tokens_per_step if not track.is_loss_track else track.tokens_per_step
-    data.require_tokens(store, needed, track.name)
-
-
-def compare(track: Track, *, repeats: int = 3, results_dir="results", output=None, show_bar: bool = True,
-            profile_dir=None, baseline=None, throughput_only: bool = False, keep_work: bool = False,
-            mesh: str | None = None, log=print) -> dict:
-    """Run the head to head and write the report; returns the report dict (with "files").
-
-    `mesh`: the JAX runs' device mesh ("data=N,fsdp=M", speedrun's `mesh`); PyTorch always uses one device, so
-    a multi-device report adds tokens/s per device (and scaling efficiency against `baseline`)."""
-    if repeats < 1:
-        raise CompareError(f"--repeats {repeats}: must be >= 1 (3 or more for a significance test)")
-    track = track.replace(framework="jax")
-    _check_data(track)
-    baseline_report = None
-    if baseline is not None:
-        try:
-            baseline_report = json.loads(Path(baseline).read_text())
-        except (OSError, ValueError) as e:
-            raise CompareError(f"--baseline {baseline}: not a readable comparison JSON ({e})") from None
-    results_dir = Path(results_dir)
-    run_results = results_dir / f"compare-{track.name}-runs"
-    work = Path(tempfile.mkdtemp(prefix="jax-nano-compare-"))
-    try:
-        log(f"[compare] {track.name}: the JAX initial weights (seed {track.seed}) are exported by the first run "
-            "and every run of both frameworks starts from them")
-        summaries, curves = [], []
-        total = 2 * repeats
-        for k in range(repeats):
-            for fw in FRAMEWORKS:
-                i = len(summaries) + 1
-                cache = "cold cache" if k == 0 else "warm cache"
-                log(f"[compare] run {i}/{total}: {LABEL[fw]} (repeat {k + 1}/{repeats}, {cache})")
-                run_name = f"compare-{track.name}-{fw}-{k + 1}"
-                summary = launch({"mode": "run", "track": track.replace(framework=fw), "run_name": run_name,
-                                   "results_dir": str(run_results), "runs_dir": str(work / "runs"),
-                                   "init_from": str(work / "init.pt"), "show_bar": show_bar,
-                                   "export_init": not summaries, "mesh": mesh if fw == "jax" else None},
-                                  work, f"run {i}/{total} ({LABEL[fw]})", env=worker_env(work, fw))
-                summaries.append(summary)
-                curves.append(curve_of(run_results / f"{run_name}.jsonl"))
-                log(f"[compare]   {LABEL[fw]}: {summary['active_time']} active, {summary['tokens_per_s']:,.0f} "
-                    f"tokens/s, setup {summary['setup_time_s']:.2f} s, train loss {summary['train_loss']:.4f}")
-        result = aggregate(summaries, curves, baseline=baseline_report)
-        result["track_config"] = {**dataclasses.asdict(track), "framework": "both"}
-        result["throughput_only"] = throughput_only
-        result["run_results_dir"] = str(run_results)
-        result["notes"] = notes_for(summaries)
-        stem = Path(output) if output else results_dir / f"compare-{device_slug(result['device'])}-{track.name}"
-        write_report(result, curves, stem)
-        if profile_dir is not None:
-            log(f"[compare] profiling 5 JAX steps into {profile_dir} (not timed, not in the report)")
-            launch({"mode": "trace", "track": track.replace(max_steps=5, eval_batches=1, eval_every=0),
-                     "profile_dir": str(profile_dir), "runs_dir": str(work / "runs"),
-                     "results_dir": str(work / "profile-results"), "init_from": str(work / "init.pt"),
-                     "show_bar": show_bar, "mesh": mesh}, work, "the profiled JAX run")
-            result["profile_dir"] = str(profile_dir)
-            write_report(result, curves, stem)
-        return result
-    finally:
-        if not keep_work:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def notes_for(summaries: list[dict]) -> list[str]:
-    notes = []
-    torch_versions = next((s.get("versions") or {} for s in summaries if s["framework"] == "torch"), {})
-    on_cuda = "+cpu" not in str(torch_versions.get("torch", "")) and any(
-        s.get("peak_memory_bytes") for s in summaries if s["framework"] == "torch")
-    notes.append("Setup & Compilation Time: JAX's persistent compilation cache and TorchInductor's/Triton's caches "
-                 "start empty, so each framework's first run is cold and the later ones warm.")
-    if not on_cuda:
-        notes.append("PyTorch ran without a CUDA device: torch.compile is used only on CUDA, so its setup includes "
-                     "no compilation and its cold and warm figures both measure eager setup.")
-    if any(s.get("mfu") is None for s in summaries):
-        notes.append("MFU is n/a where the device has no peak bf16 figure (CPUs; SPEC section 5).")
-    if any(s.get("peak_memory_bytes") is None for s in summaries):
-        notes.append("Peak device memory is n/a where the framework does not report it (PyTorch on CPU).")
-    if any(s.get("compiles_during_run") for s in summaries):
-        notes.append("WARNING: a run compiled during its timed loop (compiles_during_run > 0).")
-    return notes

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from configs.errors import UserError
-from jax_nano.report import format_duration, parse_duration, write_text_atomic
+from jax_nano.core.report import format_duration, parse_duration, write_text_atomic
 
 COLUMNS = (
     "date", "framework", "device", "active training time", "steps", "tokens", "tokens/s", "MFU",

@@ -16,11 +16,16 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import torch
+from flax import nnx
 
 from configs.errors import UserError
 from configs.model import PRESETS, ModelConfig, get_model_config
-from jax_nano.convert import ConversionError, check_state_dict, is_fused, match_layout
+from jax_nano.checkpoint import Checkpoints
+from jax_nano.layout import ConversionError, check_state_dict, from_upstream, is_fused, load_params, match_layout
+from jax_nano.model import GPT
+from torch_ref.tensors import numpy_state_dict
 
 COMPILE_PREFIX = "_orig_mod."  # what torch.compile puts in front of every parameter name
 
@@ -150,9 +155,10 @@ def infer_config(state_dict: dict, where="state_dict") -> ModelConfig:
 
 
 def fit_state_dict(state_dict: dict, cfg: ModelConfig, where="state_dict") -> dict:
-    """The state_dict in `cfg`'s attention layout, checked against its shapes; a one-line error otherwise."""
+    """The state_dict (tensors) as numpy arrays in `cfg`'s attention layout, checked against its shapes; a one-line
+    error otherwise."""
     try:
-        state_dict = match_layout(state_dict, cfg)
+        state_dict = match_layout(numpy_state_dict(state_dict), cfg)
         check_state_dict(state_dict, cfg)
     except ConversionError as e:
         raise WeightsError(f"{where}: {e}") from None
@@ -171,10 +177,6 @@ def restore_params(run_dir) -> tuple[dict, dict]:
     """(params as a nested dict of numpy arrays, the checkpoint's fingerprint) of a run's latest orbax
     checkpoint (runs/NAME/checkpoints/STEP/{state,meta}), once its checksums verify; the optimizer state is not
     read."""
-    import orbax.checkpoint as ocp
-
-    from jax_nano.checkpoint import Checkpoints
-
     ckpt_dir = Path(run_dir).absolute() / "checkpoints"
     if not ckpt_dir.is_dir():
         raise WeightsError(f"{run_dir}: no such run (no checkpoints directory); pass the name of a run trained "
@@ -210,11 +212,6 @@ def load_model(*, run=None, state_dict=None, preset=None, runs_dir="runs", compu
     """(GPT, ModelConfig) from the latest checkpoint of runs_dir/`run`, from a PyTorch state_dict file
     (`state_dict`; its preset inferred from the shapes unless `preset` names one), or fresh of `preset`.
     Parameters are float32 whatever they were saved in; `compute_dtype` is the matmul dtype."""
-    from flax import nnx
-
-    from jax_nano.convert import load_params, torch_to_jax
-    from jax_nano.model import GPT
-
     if sum(x is not None for x in (run, state_dict)) > 1 or (run is None and state_dict is None and preset is None):
         raise WeightsError("choose the weights: a run, a state_dict file, or a preset for a fresh model")
     if run is not None:
@@ -226,7 +223,7 @@ def load_model(*, run=None, state_dict=None, preset=None, runs_dir="runs", compu
             cfg = infer_config(tensors, where=state_dict)
         else:
             cfg = get_model_config(preset).replace(fused_qkvo=is_fused(tensors))
-        params = torch_to_jax(fit_state_dict(tensors, cfg, where=state_dict), cfg)
+        params = from_upstream(fit_state_dict(tensors, cfg, where=state_dict), cfg)
     else:
         cfg, params = get_model_config(preset), None
     cfg = cfg.replace(compute_dtype=compute_dtype, param_dtype="float32", loss_chunk=0)
@@ -250,14 +247,3 @@ def _check_shapes(params: dict, expected: dict, where, cfg: ModelConfig) -> None
             raise WeightsError(f"{where}: parameter {name} has shape {got.get(name)}, model {cfg.name!r} needs "
                                f"{want.get(name)}; choose the preset the weights were trained with")
 
-
-def to_torch_model(model, cfg: ModelConfig):
-    """The PyTorch twin (`torch_ref.model.MinimalLLM`) of a jax-nano model, with the same weights."""
-    from flax import nnx
-
-    from jax_nano.convert import jax_to_torch
-    from torch_ref.model import MinimalLLM
-
-    twin = MinimalLLM(cfg)
-    twin.load_state_dict(jax_to_torch(nnx.state(model, nnx.Param), cfg), strict=True)
-    return twin.eval()

@@ -1,6 +1,6 @@
-"""The PyTorch engine of the lm-eval model (`jax_nano/lm_eval_model.py` holds the request handling both share):
-the same token log-probabilities and greedy flags from a `MinimalLLM`, so the two frameworks can be compared
-item by item."""
+"""The PyTorch engine of the lm-eval model (jax_nano/evaluate/lm_eval_model.py holds the request handling both
+frameworks share): the same token log-probabilities and greedy generation from a `MinimalLLM` as
+jax_nano/lm_eval_engine.py gives from a `GPT`, so the two frameworks can be compared item by item."""
 
 import numpy as np
 import torch
@@ -20,13 +20,6 @@ class TorchEngine:
         self.model = model.eval()
         self.device = next(model.parameters()).device
         self._generator = None
-
-    @classmethod
-    def from_jax(cls, jax_model) -> "TorchEngine":
-        """The PyTorch twin of a jax-nano `GPT`, with its weights (on the GPU when there is one)."""
-        from jax_nano.weights import to_torch_model
-
-        return cls(to_torch_model(jax_model, jax_model.cfg).to("cuda" if torch.cuda.is_available() else "cpu"))
 
     def device_name(self) -> str:
         if self.device.type == "cuda":

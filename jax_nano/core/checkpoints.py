@@ -1,0 +1,96 @@
+"""Checkpoint rules both trainers share: what must match to resume (the fingerprint), and which checkpoint a
+resume takes (the newest that verifies its checksums, or a refusal naming the one that fails).
+
+Framework-neutral: the JAX checkpoints (jax_nano/checkpoint.py, orbax) and the PyTorch ones
+(torch_ref/checkpoint.py) store their files differently and decide alike here.
+"""
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from configs.errors import UserError
+from configs.model import ModelConfig
+from configs.tracks import Track
+
+FALLBACK_FLAG = "--resume-from-good"
+ASIDE = "damaged-checkpoints"  # beside checkpoints/: where a fall-back moves the checkpoints that failed
+
+
+class CheckpointError(UserError):
+    """A checkpoint that cannot be used for this run; one line with the fix."""
+
+
+# Model fields that change how a step is computed, not what it computes: a run may resume with other values.
+SPEED_LEVERS = ("loss_chunk", "remat", "unroll_layers", "attention")
+
+
+def fingerprint(track: Track, cfg: ModelConfig) -> dict:
+    """What must match between the run that saved and the one that resumes (not the stop rule or logging)."""
+    model = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SPEED_LEVERS}
+    recipe = {"model": model, "optim": dataclasses.asdict(track.optim),
+              "batch_size": track.batch_size, "seq_len": track.seq_len, "seed": track.seed, "data": str(track.data),
+              "total_steps": track.total_steps}
+    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return {"digest": digest, "model": cfg.name, "track": track.name, "precision": track.precision}
+
+
+def check_fingerprint(saved: dict, fp: dict, where) -> None:
+    if saved["digest"] != fp["digest"]:
+        raise CheckpointError(
+            f"checkpoint {where} is from another run (model {saved['model']}, track {saved['track']}, "
+            f"precision {saved['precision']}); resume with the same settings or choose another --run-name"
+        )
+
+
+def newest_verified(found: list, problem_of) -> int | None:
+    """The newest step of `found` ([(step, paths)], oldest first) whose checksums verify."""
+    return next((step for step, _ in reversed(found) if problem_of(step) is None), None)
+
+
+def _set_aside(paths: list, aside: Path) -> None:
+    aside.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        if path.exists():
+            target, n = aside / path.name, 1
+            while target.exists():
+                n += 1
+                target = aside / f"{path.name}.{n}"
+            shutil.move(path, target)
+
+
+def choose(found: list, problem_of, *, fallback: bool, aside: Path, lead: bool = True, sync=None) -> int | None:
+    """The step to resume from: the newest checkpoint of `found` ([(step, paths)], oldest first) that verifies.
+
+    When the newest fails, without `fallback` this raises one line naming its step and file, and the step of the
+    newest one that verifies; with `fallback` the failing newer checkpoints are moved to `aside` (nothing is
+    deleted) and the good one is returned. `sync(name)`: a barrier of every process (multi-host), so that all
+    have verified before process 0 moves anything and none reads before it is done.
+    """
+    failed, good = [], None
+    for step, paths in reversed(found):
+        wrong = problem_of(step)
+        if wrong is None:
+            good = step
+            break
+        failed.append((step, paths, wrong))
+    if not failed:
+        return good
+    head = f"checkpoint of step {failed[0][0]} fails verification: {failed[0][2]}"
+    if good is None:
+        raise CheckpointError(f"{head}; no older checkpoint verifies: start the run afresh under another --run-name")
+    if not fallback:
+        raise CheckpointError(f"{head}; the checkpoint of step {good} verifies: pass {FALLBACK_FLAG} to resume from "
+                              f"it (the failing ones are then moved to {aside}, not deleted)")
+    if sync is not None:
+        sync("jax_nano_checkpoints_verified")
+    if lead:
+        _set_aside([p for _, paths, _ in failed for p in paths], aside)
+        print(f"{head}; resuming from step {good}, the newest checkpoint that verifies (moved "
+              f"{', '.join(str(s) for s, _, _ in failed)} to {aside})", file=sys.stderr)
+    if sync is not None:
+        sync("jax_nano_checkpoints_set_aside")
+    return good

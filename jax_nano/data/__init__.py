@@ -1,0 +1,1 @@
+"""Data, framework-free: token stores, the batches both trainers read, where stores come from, the tokenizer."""

@@ -1,0 +1,1 @@
+"""Benchmark scores through lm-evaluation-harness: the registered lm-eval model and the task reports."""
