@@ -193,8 +193,7 @@ class JaxTrainer:
         """The weights in upstream's layout, as numpy arrays. Collective under a mesh: every process calls it."""
         return to_upstream(self.place.gathered(self.state.params), self.cfg)
 
-    @staticmethod
-    def compiles() -> int:
+    def compiles(self) -> int:
         return compile_counter().count
 
     def facts(self) -> dict:

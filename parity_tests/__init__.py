@@ -1,0 +1,1 @@
+"""Parity tests: the JAX implementation and the PyTorch reference compute the same thing."""

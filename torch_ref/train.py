@@ -161,8 +161,7 @@ class TorchTrainer:
         """The weights as numpy arrays in upstream's layout (the model's own names)."""
         return {k: to_numpy(v) for k, v in self.model.state_dict().items()}
 
-    @staticmethod
-    def compiles() -> int:
+    def compiles(self) -> int:
         """Graphs torch.compile has compiled in this process (none on the CPU, where nothing is compiled)."""
         from torch._dynamo.utils import counters
 

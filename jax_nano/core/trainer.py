@@ -43,8 +43,8 @@ class Trainer(Protocol):
     def step(self, ids_BT: np.ndarray):
         """Dispatch one train step; a handle to its loss."""
 
-    def read(self, handle) -> float:
-        """The loss of a dispatched step (waits for it)."""
+    def read(self, loss) -> float:
+        """The value of a dispatched step's loss (what `step` returned), waiting for the step."""
 
     def rewind(self) -> None:
         """Back to the state before the last dispatched step (a loss track read one step late)."""

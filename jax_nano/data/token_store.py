@@ -109,7 +109,7 @@ def write_store(
             "sha256": sha,
             "val_fraction": VAL_FRACTION,
             "split_seed": SPLIT_SEED,
-            "created_by": "jax_nano.data.write_store",
+            "created_by": "jax_nano.data.token_store.write_store",
             "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             **(extra or {}),
         }
