@@ -11,7 +11,7 @@ import pytest
 from configs.tracks import get_track
 from jax_nano.bench import compare, compare_report, stats
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 # -- statistics ---------------------------------------------------------------------------------------------------

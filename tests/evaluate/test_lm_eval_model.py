@@ -33,7 +33,7 @@ from jax_nano.compiles import compile_counter  # noqa: E402
 from jax_nano.evaluate import task_scores  # noqa: E402
 from jax_nano.evaluate.lm_eval_model import JaxNanoLM, bucket_for, length_buckets  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 WORDS = ["red", "green", "blue", "seven", "river", "stone", "a quiet lamp", "forty two", "the end", "maybe not"]
 
 

@@ -29,7 +29,7 @@ from jax_nano.run import speedrun
 from tests import toy
 from torch_ref.tensors import numpy_state_dict
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 STEPS, EVERY = 6, 2  # checkpoints at steps 4 and 6 are kept (keep_checkpoints 2); the run's last is 6
 
 
@@ -200,7 +200,8 @@ def test_run_killed_inside_a_checkpoint_save_resumes_exactly(trained, tmp_path):
     env = {**os.environ, "STALL_STEP": "4", "STALL_MARKER": str(tmp_path / "stalled"),
            "JAX_NANO_CACHE": str(tmp_path / "xla-cache"), "PYTHONPATH": str(ROOT)}
     flags = cli_flags(store, framework) + ["--run-name", "killed"]
-    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "fault_runner.py"), *flags], cwd=tmp_path, env=env,
+    runner = ROOT / "tests" / "run" / "fault_runner.py"
+    proc = subprocess.Popen([sys.executable, str(runner), *flags], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
         deadline = time.monotonic() + 240

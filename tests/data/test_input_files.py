@@ -12,7 +12,7 @@ from jax_nano.core.cli import run_main
 from jax_nano.data import tokenizer
 from jax_nano.data.token_store import DataError, open_store, write_store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _prepare_data():

@@ -12,7 +12,7 @@ from jax_nano.core import device
 from jax_nano.core.cli import run_main
 from jax_nano.core.device import DeviceError, Probe, check_device
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CUDA12_DRIVER, CUDA13_DRIVER = "550.54.15", "580.82.07"
 JAX_CPU_ONLY = Probe(False, "CPU-only jaxlib 0.10.2 (no CUDA plugin)")
 TORCH_CU130 = Probe(False, "torch 2.13.0 (CUDA 13.0 build)")

@@ -9,7 +9,7 @@ import pytest
 from jax_nano.core import leaderboard
 from jax_nano.core.leaderboard import LeaderboardError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ROUNDS = 20
 
 

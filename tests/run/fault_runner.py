@@ -1,6 +1,6 @@
 """scripts/speedrun.py with its arguments, but the run stalls for good inside the save of the checkpoint of step
 STALL_STEP: where that checkpoint's checksums are written, after its data files and before it is renamed into
-place. It writes STALL_MARKER first, so tests/test_faults.py knows when a kill -9 lands in the middle of a save.
+place. It writes STALL_MARKER first, so tests/run/test_faults.py knows when a kill -9 lands in the middle of a save.
 """
 
 import os
@@ -9,7 +9,7 @@ import sys
 import threading
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from jax_nano.core import checksums  # noqa: E402

@@ -13,7 +13,7 @@ from configs.tracks import Track
 from jax_nano.bench import bench, profile
 from jax_nano.core import device
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # -- the plan ------------------------------------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from jax_nano.core.report import (
     write_text_atomic,
 )
 
-REPO_LEADERBOARD = Path(__file__).resolve().parent.parent / "LEADERBOARD.md"
+REPO_LEADERBOARD = Path(__file__).resolve().parents[2] / "LEADERBOARD.md"
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ from torch_ref.checkpoint import save_torch
 from torch_ref.model import MinimalLLM
 from torch_ref.tensors import torch_state_dict
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def torch_model(cfg, seed=0):

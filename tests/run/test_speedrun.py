@@ -14,7 +14,7 @@ from jax_nano.checkpoint import Checkpoints
 from jax_nano.core import loop
 from jax_nano.run.speedrun import RunError, speedrun
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run(track, tmp_path, **kw):
