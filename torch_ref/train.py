@@ -14,6 +14,7 @@ import contextlib
 import copy
 import dataclasses
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -162,10 +163,10 @@ class TorchTrainer:
         return {k: to_numpy(v) for k, v in self.model.state_dict().items()}
 
     def compiles(self) -> int:
-        """Graphs torch.compile has compiled in this process (none on the CPU, where nothing is compiled)."""
-        from torch._dynamo.utils import counters
-
-        return counters["stats"]["unique_graphs"]
+        """Graphs torch.compile has compiled in this process (none on the CPU, where nothing is compiled). Its
+        counters live in torch._dynamo, which only a compilation imports (importing it costs seconds)."""
+        dynamo = sys.modules.get("torch._dynamo.utils")
+        return dynamo.counters["stats"]["unique_graphs"] if dynamo is not None else 0
 
     def facts(self) -> dict:
         on_gpu = self.device.type == "cuda"
