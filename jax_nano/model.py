@@ -12,6 +12,7 @@ what is kept.
 """
 
 import contextlib
+import contextvars
 import functools
 import math
 
@@ -29,17 +30,20 @@ RMS_EPS = float(jnp.finfo(jnp.float32).eps)
 _FUSED_ATTENTION = frozenset({"dot_product_attention_fwd_wrapper", "dot_product_attention_fwd"})
 
 
-def _matmul_outputs(prim, *_, **__) -> bool:
-    return prim is jax.lax.dot_general_p or prim.name in _FUSED_ATTENTION
+def _projections_and_fused_attention(prim, *args, **params) -> bool:
+    return prim.name in _FUSED_ATTENTION or jax.checkpoint_policies.dots_with_no_batch_dims_saveable(
+        prim, *args, **params)
 
 
 # What a block keeps for its backward pass (the rest is recomputed from it):
-#   none: every matmul's output (attention included): only elementwise work is recomputed, no matmul FLOPs added;
-#   dots: the outputs of the projection matmuls, which have no batch dimensions: the attention is recomputed,
-#         and XLA's attention keeps none of its T x T scores;
+#   none: the projection matmuls' outputs and cuDNN's fused attention outputs: elementwise work is recomputed,
+#         and XLA's attention recomputes its (B, heads, T, T) scores and probabilities from q, k and v instead of
+#         keeping them (kept, they need 36 GiB for the 151M model at 4 x 2048: the compiler's plan for an RTX
+#         4090, `python scripts/plan.py --gpu rtx4090 --track 4.5loss --attention xla`);
+#   dots: the outputs of the projection matmuls only: cuDNN's attention is recomputed too;
 #   full: nothing but the block's input: the whole block is recomputed (about one more forward pass).
 REMAT_POLICIES = {
-    "none": _matmul_outputs,
+    "none": _projections_and_fused_attention,
     "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
     "full": jax.checkpoint_policies.nothing_saveable,
 }
@@ -117,16 +121,35 @@ def apply_rope(x_BTNH, cos_TP, sin_TP):
     return out.reshape(x_BTNH.shape).astype(x_BTNH.dtype)
 
 
+# The platform a program is compiled for: JAX's backend, unless a plan compiles for a card that is not attached
+# (jax_nano/plan/), where the kernel choice must be the card's, not this machine's.
+_TARGET_PLATFORM = contextvars.ContextVar("target_platform", default=None)
+
+
+@contextlib.contextmanager
+def compiling_for(platform: str):
+    """Choose kernels for `platform` ("gpu", "tpu", "cpu") within the block, whatever JAX's own backend is."""
+    token = _TARGET_PLATFORM.set(platform)
+    try:
+        yield
+    finally:
+        _TARGET_PLATFORM.reset(token)
+
+
+def target_platform() -> str:
+    return _TARGET_PLATFORM.get() or jax.default_backend()
+
+
 def attention_kernel(cfg: ModelConfig) -> str:
     """cuDNN's fused kernel wants half precision on a GPU; XLA's path covers float32 and the CPU."""
     if cfg.attention != "auto":
         return cfg.attention
-    return "cudnn" if jax.default_backend() == "gpu" and cfg.compute_dtype != "float32" else "xla"
+    return "cudnn" if target_platform() == "gpu" and cfg.compute_dtype != "float32" else "xla"
 
 
 def check_attention_backend(cfg: ModelConfig) -> None:
-    if cfg.attention == "cudnn" and jax.default_backend() != "gpu":
-        raise ConfigError(f"attention 'cudnn' needs an NVIDIA GPU, but JAX runs on {jax.default_backend()}; "
+    if cfg.attention == "cudnn" and target_platform() != "gpu":
+        raise ConfigError(f"attention 'cudnn' needs an NVIDIA GPU, but JAX runs on {target_platform()}; "
                           "use attention auto or xla")
 
 

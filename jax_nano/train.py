@@ -105,13 +105,8 @@ class JaxTrainer:
         """Compile the train and eval steps ahead of time, run the untimed warm-up steps, then reset weights
         and optimizer. Returns the seconds spent (Setup & Compilation Time)."""
         t0 = time.perf_counter()
-        self._step = self.compile_step()
+        self._step, self._eval = self.compile_step(), self.compile_eval()
         place = self.place
-        sharded = place.jit_shardings(place.state_sharding and place.state_sharding.params, place.batch_sharding,
-                                      out=place.replicated)
-        with matmul_precision(self.cfg.compute_dtype):
-            self._eval = jax.jit(make_eval_step(self.graphdef), **sharded).lower(
-                place.abstract().params, place.batch_spec()).compile()
         self.state = place.initial()
         for ids_BT in warmup_batches:
             self.state, _ = self._step(self.state, place.put(ids_BT))
@@ -131,6 +126,15 @@ class JaxTrainer:
         with matmul_precision(self.cfg.compute_dtype):  # the optimizer's matmuls too
             return jax.jit(make_train_step(self.graphdef, self.tx), donate_argnums=donate, **sharded).lower(
                 place.abstract(), place.batch_spec()).compile()
+
+    def compile_eval(self):
+        """The eval step (summed NLL and correct argmax over a batch), compiled ahead of time."""
+        place = self.place
+        sharded = place.jit_shardings(place.state_sharding and place.state_sharding.params, place.batch_sharding,
+                                      out=place.replicated)
+        with matmul_precision(self.cfg.compute_dtype):
+            return jax.jit(make_eval_step(self.graphdef), **sharded).lower(
+                place.abstract().params, place.batch_spec()).compile()
 
     # -- the loop's interface ------------------------------------------------------------------------------
 

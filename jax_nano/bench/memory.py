@@ -3,8 +3,9 @@
 `jax._src.ad_checkpoint.saved_residuals` lists every array the backward pass of the loss reads that the forward
 pass made: the activations held from the forward pass until the gradients are done. They are split into one
 layer's share (what the layer scan stacks, divided by the depth) and the rest (embedding, final norm, loss).
-XLA's attention keeps (B, heads, T, T) scores; cuDNN's fused kernel, which a GPU runs in bf16, keeps none, so
-those are counted apart. From them, a rough budget of a train step's device memory.
+(B, heads, T, T) attention scores are counted apart; no policy keeps them (XLA's attention recomputes them, cuDNN's
+fused kernel never stores them). From them, a rough budget of a train step's device memory; the compiler's own
+plan for a card is scripts/plan.py.
 
     python scripts/memory.py                    # the 151M loss track and the 88M token track, every remat policy
     python scripts/memory.py --track 4.5loss --remat full --loss-chunk 1024

@@ -1,0 +1,130 @@
+"""Facts only a GPU compile shows, checked on a CPU: the tiny model's steps compiled for an H100 (deviceless).
+
+Tests that compile need JAX's CUDA compiler (`pip install --no-deps jax-cuda12-plugin jax-cuda12-pjrt` of the
+installed JAX's version) or libtpu (the version JAX pins): README's second test command installs both. They are
+skipped without them; the one-line errors run everywhere.
+"""
+
+import importlib.util
+import json
+import os
+
+# The card is compiled for, never used: JAX must not start a GPU backend (on a machine without a GPU the CUDA
+# plugin is dropped when it tries), as scripts/plan.py arranges. JAX reads this when it is imported.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # libtpu asks the host it would run on
+
+import pytest  # noqa: E402
+
+from configs.model import get_model_config  # noqa: E402
+from configs.tracks import get_track  # noqa: E402
+from jax_nano.core.cli import run_main  # noqa: E402
+from jax_nano.plan import deviceless  # noqa: E402
+from jax_nano.plan.targets import GPUS, TPUS  # noqa: E402
+
+has_plugin = any(importlib.util.find_spec("jax_plugins") and importlib.util.find_spec(name)
+                 for name in deviceless.PLUGINS)
+has_libtpu = importlib.util.find_spec("libtpu") is not None
+needs_plugin = pytest.mark.skipif(not has_plugin, reason="JAX's CUDA compiler is not installed (README, Tests)")
+# The tiny model on a loss track (the step that keeps its input for the rewind), bf16 compute so that `auto`
+# picks cuDNN attention on a GPU.
+TRACK = get_track("4.5loss").replace(model="tiny", batch_size=2, seq_len=128)
+
+
+def plan_script():
+    spec = importlib.util.spec_from_file_location("plan_script", "scripts/plan.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_unknown_card_is_one_line(capsys):
+    assert run_main(plan_script().main, ["--gpu", "rtx5090", "--track", "smoke"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown card 'rtx5090'") and "--target-file" in err and "\n" not in err
+
+
+def test_missing_cuda_compiler_says_how_to_install(monkeypatch):
+    monkeypatch.setattr(deviceless, "PLUGINS", ("jax_plugins.no_such_plugin",))
+    with pytest.raises(deviceless.PluginError, match=r"pip install --no-deps jax-cuda12-plugin==\S+ jax-cuda12-pjrt"):
+        deviceless.card_mesh(GPUS["h100"])
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    return deviceless.compile_steps(TRACK, get_model_config("tiny"), GPUS["h100"])
+
+
+@needs_plugin
+def test_loss_track_step_has_no_conditional_and_no_host_callback(compiled):
+    from jax_nano.plan.census import census
+
+    hlo = compiled.train.as_text()
+    found = census(hlo)
+    assert found["conditionals"] == 0 and found["host_callbacks"] == 0
+    assert " conditional(" not in hlo and "callback" not in hlo.lower()
+    assert found["kernels"] > found["gemms"] > 0
+
+
+@needs_plugin
+def test_cudnn_attention_is_in_the_step_when_asked(compiled):
+    from jax_nano.plan.census import census
+
+    calls = census(compiled.train.as_text())["custom_calls"]
+    layers = get_model_config("tiny").n_layers
+    assert calls.get("__cudnn$fmhaSoftmax") == layers and calls.get("__cudnn$fmhaSoftmaxBackward") == layers
+    xla = deviceless.compile_steps(TRACK.replace(attention="xla"), get_model_config("tiny"), GPUS["h100"])
+    assert not census(xla.train.as_text())["cudnn_attention"]
+
+
+@needs_plugin
+def test_eval_step_compiles_for_the_card(compiled):
+    from jax_nano.plan.census import census
+
+    found = census(compiled.evaluate.as_text())
+    assert found["kernels"] > 0 and found["cudnn_attention"]
+    assert compiled.evaluate.memory_analysis().argument_size_in_bytes > 0
+
+
+@needs_plugin
+def test_plan_memory_of_a_fixed_config_is_stable(compiled):
+    from jax_nano.plan.planner import memory
+
+    first = memory(compiled, TRACK)
+    again = memory(deviceless.compile_steps(TRACK, get_model_config("tiny"), GPUS["h100"]), TRACK)
+    assert first == again
+    # The state is shapes alone: float32 parameters, Muon momenta and AdamW moments of the tiny model.
+    assert first["state"] == 1_380_880
+    # The compiler's temporaries for this config, as JAX 0.10.2 plans them (a change here is a change of XLA's
+    # plan: look before updating the figure).
+    assert 1_500_000 <= first["temporaries"] <= 2_500_000
+    assert first["peak"] == first["train_step"] + first["kept_beside_step"] + first["batches"]
+
+
+@needs_plugin
+def test_a_run_no_lever_fits_is_one_line_exit_2(tmp_path, capsys):
+    card = {**{k: v for k, v in vars(GPUS["h100"]).items()}, "name": "a 2 MiB card", "memory_bytes": 2 << 20}
+    (tmp_path / "tiny-card.json").write_text(json.dumps(card))
+    code = run_main(plan_script().main, ["--target-file", str(tmp_path / "tiny-card.json"), "--track", "smoke",
+                                         "--model", "tiny", "--batch-size", "2", "--seq-len", "64",
+                                         "--results-dir", str(tmp_path)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "\n" not in err
+    assert err.startswith("error: smoke does not fit a 2 MiB card with any lever tried")
+    result = json.loads((tmp_path / "plan-tiny-card-smoke.json").read_text())
+    assert result["fits_with"] is None and len(result["levers"]) >= 4
+    assert all("skipped" in lever and not lever["fits"] for lever in result["levers"])
+
+
+@pytest.mark.skipif(not has_libtpu, reason="libtpu is not installed (README, Tests)")
+def test_the_step_compiles_for_a_tpu_chip_with_xla_attention():
+    from jax_nano.plan.census import census
+    from jax_nano.plan.planner import assess
+
+    result = assess(TRACK, get_model_config("tiny"), TPUS["v5e-1"])
+    assert result["platform"] == "tpu" and result["n_devices"] == 1 and result["attention"] == "xla"
+    # The same state as on a GPU, padded: TPU layouts round small arrays up to whole tiles.
+    assert 1_380_880 < result["memory"]["state"] < 2 * 1_380_880
+    assert result["fits"] and result["pool"] == TPUS["v5e-1"].memory_bytes
+    assert not census(deviceless.compile_steps(TRACK, get_model_config("tiny"), TPUS["v5e-1"]).train.as_text())[
+        "cudnn_attention"]
