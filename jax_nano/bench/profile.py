@@ -39,9 +39,10 @@ CONTAINERS = ("while", "conditional", "call")
 _INSTRUCTION = re.compile(r"^\s+(?:ROOT\s+)?%?([\w.\-]+) = (.*)$")
 _OPCODE = re.compile(r"\s([a-z][a-z0-9\-]*)\(")
 _CALLS = re.compile(r"\bcalls=%?([\w.\-]+)")
-_TARGET = re.compile(r'custom_call_target="([^"]*)"')
+# Shared with jax_nano/plan/census.py, which reads the same optimized HLO text.
+TARGET = re.compile(r'custom_call_target="([^"]*)"')
 _FRAME = re.compile(r"stack_frame_id=(\d+)")
-_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
 _TABLES = ("FileNames", "FunctionNames", "FileLocations", "StackFrames")
 
 
@@ -71,14 +72,14 @@ def parse_hlo(text: str) -> tuple[str, dict]:
             continue
         match = _INSTRUCTION.match(line)
         if match is None:
-            comp = _COMPUTATION.match(line)
+            comp = COMPUTATION.match(line)
             if comp is not None:
                 current = comp.group(1)
             continue
         name, rest = match.groups()
         opcode = _OPCODE.search(" " + rest)
         opcode = opcode.group(1) if opcode else ""
-        calls, target, frame = _CALLS.search(rest), _TARGET.search(rest), _FRAME.search(rest)
+        calls, target, frame = _CALLS.search(rest), TARGET.search(rest), _FRAME.search(rest)
         ops[name] = {"opcode": opcode, "calls": calls.group(1) if calls else None,
                      "target": target.group(1) if target else "", "frame": int(frame.group(1)) if frame else None}
         computations[current].add(opcode)

@@ -11,11 +11,11 @@ import math
 import re
 from collections import defaultdict
 
-_COMPUTATION = re.compile(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s.*\{\s*$")
+from jax_nano.bench.profile import COMPUTATION, TARGET
+
 _INSTRUCTION = re.compile(r"^\s+(?:ROOT\s+)?%?([\w.\-]+) = (.+?) ([a-z][a-z0-9\-]*)\((.*)$")
 _SHAPE = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
 _TRIP = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
-_TARGET = re.compile(r'custom_call_target="([^"]*)"')
 _CONTRACT = re.compile(r"lhs_contracting_dims=\{([0-9,]*)\}")
 _NOT_KERNELS = {"parameter", "constant", "get-tuple-element", "tuple", "bitcast", "while", "call", "conditional",
                 "after-all", "partition-id", "replica-id", "opt-barrier", "add-dependency"}
@@ -30,7 +30,7 @@ def parse(hlo: str) -> dict:
     """{computation: {"entry": bool, "instructions": [(name, shape text, opcode, rest)]}}."""
     computations, current = {}, None
     for line in hlo.splitlines():
-        head = _COMPUTATION.match(line)
+        head = COMPUTATION.match(line)
         if head and not line.startswith(" "):
             current = head.group(1)
             computations[current] = {"entry": line.startswith("ENTRY"), "instructions": []}
@@ -98,7 +98,7 @@ def census(hlo: str) -> dict:
                 continue
             kernels += times
             if opcode == "custom-call":
-                target = _TARGET.search(rest).group(1)
+                target = TARGET.search(rest).group(1)
                 custom_calls[target] += times
                 if target in _GEMM_TARGETS:
                     gemms += times
