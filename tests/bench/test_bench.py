@@ -170,8 +170,9 @@ def test_cli_bad_input_is_a_one_line_error(tmp_path):
 
 
 def test_smoke_suite_runs_every_row_on_the_cpu(tmp_path):
-    # A generous budget: this checks the suite, not the speed of a shared CI machine.
-    out = cli("--smoke", "--budget-min", "60", "--results-dir", str(tmp_path), cwd=tmp_path)
+    # A generous budget: this checks the suite, not the speed of a shared CI machine. One repeat: every kind of row
+    # runs (each case in both frameworks, every lever), in the fewest processes.
+    out = cli("--smoke", "--repeats", "1", "--budget-min", "60", "--results-dir", str(tmp_path), cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     (md_path,) = tmp_path.glob("bench-*cpu*.md")
     files = {kind: md_path.with_suffix(f".{kind}") for kind in ("md", "json", "png")}
