@@ -18,7 +18,6 @@ the collectives. The global batch and the learning-rate recipe do not change, so
 optimization as one.
 """
 
-
 import platform
 import time
 
@@ -130,8 +129,8 @@ class JaxTrainer:
     def compile_eval(self):
         """The eval step (summed NLL and correct argmax over a batch), compiled ahead of time."""
         place = self.place
-        sharded = place.jit_shardings(place.state_sharding and place.state_sharding.params, place.batch_sharding,
-                                      out=place.replicated)
+        params_sharding = place.state_sharding.params if place.mesh is not None else None
+        sharded = place.jit_shardings(params_sharding, place.batch_sharding, out=place.replicated)
         with matmul_precision(self.cfg.compute_dtype):
             return jax.jit(make_eval_step(self.graphdef), **sharded).lower(
                 place.abstract().params, place.batch_spec()).compile()

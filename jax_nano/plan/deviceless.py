@@ -39,12 +39,19 @@ class Compiled:
     cfg: ModelConfig  # the model as the trainer compiled it (precision and levers applied)
 
 
-def require_cuda_plugin() -> None:
+def has_cuda_plugin() -> bool:
     try:
-        found = any(importlib.util.find_spec(name) for name in PLUGINS)
-    except ModuleNotFoundError:
-        found = False
-    if not found:
+        return any(importlib.util.find_spec(name) for name in PLUGINS)
+    except ModuleNotFoundError:  # no jax_plugins package at all
+        return False
+
+
+def has_libtpu() -> bool:
+    return importlib.util.find_spec("libtpu") is not None
+
+
+def require_cuda_plugin() -> None:
+    if not has_cuda_plugin():
         v = jax.__version__
         raise PluginError(f"compiling for an NVIDIA card needs JAX's CUDA compiler (no GPU needed): pip install "
                           f"--no-deps jax-cuda12-plugin=={v} jax-cuda12-pjrt=={v}")
@@ -80,7 +87,7 @@ def card_mesh(gpu: GpuTarget, n_devices: int = 1) -> jax.sharding.Mesh:
 
 
 def require_libtpu() -> None:
-    if importlib.util.find_spec("libtpu") is None:
+    if not has_libtpu():
         from importlib.metadata import requires
 
         pin = next((r.split(";")[0].strip() for r in requires("jax") or () if r.startswith("libtpu")), "libtpu")

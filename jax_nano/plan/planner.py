@@ -47,10 +47,11 @@ def pool_bytes(target) -> int:
     return int(fraction * target.memory_bytes)
 
 
-def memory(compiled, track: Track) -> dict:
-    """Bytes per device: the step's plan, what the run keeps beside it, and the peak."""
+def memory(compiled, track: Track, n_devices: int = 1) -> dict:
+    """Bytes per device: the step's plan, what the run keeps beside it, and the peak. Each of the `n_devices`
+    holds its share of every batch."""
     train, evaluate = compiled.train.memory_analysis(), compiled.evaluate.memory_analysis()
-    batch = track.batch_size * track.seq_len * 4
+    batch = track.batch_size * track.seq_len * 4 // n_devices
     state = train.argument_size_in_bytes - batch
     step = (train.argument_size_in_bytes + train.output_size_in_bytes - train.alias_size_in_bytes
             + train.temp_size_in_bytes)
@@ -68,7 +69,7 @@ def assess(track: Track, cfg: ModelConfig, target, n_devices: int = 1) -> dict:
     """Compile for the target and read off memory (per device), fit, kernels and FLOPs."""
     n_devices = target.devices if target.platform == "tpu" else n_devices
     compiled = compile_steps(track, cfg, target, n_devices)
-    mem = memory(compiled, track)
+    mem = memory(compiled, track, n_devices)
     pool = pool_bytes(target)
     kernels = census(compiled.train.as_text())
     analytic = report.flops_per_token(compiled.cfg, track.seq_len) * track.tokens_per_step / n_devices

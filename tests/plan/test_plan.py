@@ -22,10 +22,8 @@ from jax_nano.core.cli import run_main  # noqa: E402
 from jax_nano.plan import deviceless  # noqa: E402
 from jax_nano.plan.targets import GPUS, TPUS  # noqa: E402
 
-has_plugin = any(importlib.util.find_spec("jax_plugins") and importlib.util.find_spec(name)
-                 for name in deviceless.PLUGINS)
-has_libtpu = importlib.util.find_spec("libtpu") is not None
-needs_plugin = pytest.mark.skipif(not has_plugin, reason="JAX's CUDA compiler is not installed (README, Tests)")
+needs_plugin = pytest.mark.skipif(not deviceless.has_cuda_plugin(),
+                                  reason="JAX's CUDA compiler is not installed (README, Tests)")
 # The tiny model on a loss track (the step that keeps its input for the rewind), bf16 compute so that `auto`
 # picks cuDNN attention on a GPU.
 TRACK = get_track("4.5loss").replace(model="tiny", batch_size=2, seq_len=128)
@@ -116,7 +114,7 @@ def test_a_run_no_lever_fits_is_one_line_exit_2(tmp_path, capsys):
     assert all("skipped" in lever and not lever["fits"] for lever in result["levers"])
 
 
-@pytest.mark.skipif(not has_libtpu, reason="libtpu is not installed (README, Tests)")
+@pytest.mark.skipif(not deviceless.has_libtpu(), reason="libtpu is not installed (README, Tests)")
 def test_the_step_compiles_for_a_tpu_chip_with_xla_attention():
     from jax_nano.plan.census import census
     from jax_nano.plan.planner import assess
