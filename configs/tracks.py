@@ -42,6 +42,8 @@ class Track:
     remat: str = "none"
     unroll_layers: bool = False
     attention: str = "auto"
+    # Stop a run whose loss stays no better than uniform or whose weights blow up (jax_nano/core/guard.py).
+    divergence_guard: bool = True
 
     def __post_init__(self):
         if (self.target_loss is None) == (self.target_tokens is None):

@@ -18,8 +18,9 @@ from pathlib import Path
 import orbax.checkpoint as ocp
 
 from jax_nano.core import checksums
-from jax_nano.core.checkpoints import ASIDE, CheckpointError, check_fingerprint, choose, newest_verified
+from jax_nano.core.checkpoints import ASIDE, CheckpointError, choose, newest_verified
 from jax_nano.core.loop import Progress
+from jax_nano.core.storage import storage_error, writing
 
 SUMS = "checksums.json"
 _AFTER_SUMS = ("_CHECKPOINT_METADATA", "commit_success.txt")
@@ -67,11 +68,32 @@ class Checkpoints:
         return [(step, [self.folder / str(step)]) for step in self.steps()]
 
     def save(self, step: int, state, progress, fp: dict) -> None:
-        self._manager().wait_until_finished()
+        self.wait()
         self._saving = step
         meta = {"progress": dataclasses.asdict(progress), "fingerprint": fp}
-        self._manager().save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                                           meta=ocp.args.JsonSave(meta)))
+        with writing(self.folder / str(step)):
+            self._manager().save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                                               meta=ocp.args.JsonSave(meta)))
+
+    def _failed(self, e: Exception) -> Exception:
+        error = storage_error(self.folder / str(self._saving), e, " (a background checkpoint save failed)")
+        return error if error is not None else e
+
+    def check(self) -> None:
+        """Raise now if a background save has failed, rather than at the next save (a host check, no device sync)."""
+        if self._mgr is not None and self._saving is not None:
+            try:
+                self._mgr.check_for_errors()
+            except Exception as e:
+                raise self._failed(e) from None
+
+    def wait(self) -> None:
+        """Until the save in flight is written; its failure raises here."""
+        if self._mgr is not None:
+            try:
+                self._mgr.wait_until_finished()
+            except Exception as e:
+                raise self._failed(e) from None
 
     def choose(self, *, fallback: bool = False) -> int | None:
         """The step a resume takes: the newest checkpoint that verifies (module `choose`); None if there is none."""
@@ -82,26 +104,35 @@ class Checkpoints:
         return choose(self.found(), self.problem, fallback=fallback, aside=self.folder.parent / ASIDE,
                       lead=jax.process_index() == 0, sync=sync)
 
-    def restore(self, step: int, abstract_state, fp: dict):
-        """(state, Progress) of the checkpoint of `step`, one that `choose` verified."""
+    def saved_fingerprint(self, step: int) -> dict:
+        """The settings the checkpoint of `step` was saved with (its small JSON part only)."""
         mgr = self._manager()
         mgr.reload()
-        where = self.folder / str(step)
+        try:
+            return mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]["fingerprint"]
+        except Exception as e:  # orbax raises many types for a directory it cannot read
+            raise self._unreadable(step, e) from e
+
+    def _unreadable(self, step: int, e: Exception) -> CheckpointError:
+        return CheckpointError(f"checkpoint {self.folder / str(step)} cannot be restored ({type(e).__name__}), "
+                               "although its checksums verify; restore it from a copy or start afresh")
+
+    def restore(self, step: int, abstract_state):
+        """(state, Progress) of the checkpoint of `step`, one that `choose` verified and whose settings the driver
+        has checked (`saved_fingerprint`)."""
+        mgr = self._manager()
+        mgr.reload()
         try:
             meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-            check_fingerprint(meta["fingerprint"], fp, where)
             state = mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
-        except CheckpointError:
-            raise
-        except Exception as e:  # orbax raises many types for a directory it cannot read
-            raise CheckpointError(f"checkpoint {where} cannot be restored ({type(e).__name__}), although its "
-                                  "checksums verify; restore it from a copy or start afresh") from e
+        except Exception as e:
+            raise self._unreadable(step, e) from e
         return state["state"], Progress(**meta["progress"])
 
     def discard(self, from_step: int) -> int | None:
         """Delete the checkpoints of steps >= from_step; the step of the newest remaining one that verifies."""
         mgr = self._manager()
-        mgr.wait_until_finished()
+        self.wait()
         for step in mgr.all_steps():
             if step >= from_step:
                 mgr.delete(step)
@@ -109,5 +140,5 @@ class Checkpoints:
 
     def close(self) -> None:
         if self._mgr is not None:
-            self._mgr.wait_until_finished()
+            self.wait()
             self._mgr.close()

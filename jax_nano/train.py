@@ -50,7 +50,9 @@ def make_train_step(graphdef, tx):
         loss, grads = jax.value_and_grad(loss_of)(state.params, ids_BT)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(params, opt_state, state.step + 1), {"loss": loss}
+        # For the divergence guard (jax_nano/core/guard.py); in float32, as bf16 squares lose the norm.
+        param_norm = optax.tree.norm(jax.tree.map(lambda p: p.astype(jnp.float32), params))
+        return TrainState(params, opt_state, state.step + 1), {"loss": loss, "param_norm": param_norm}
 
     return train_step
 
@@ -140,8 +142,10 @@ class JaxTrainer:
     def step(self, ids_BT):
         # A donated state is gone once the step is dispatched; only a loss track keeps it (for rewind).
         self._before_last = self.state if self.track.is_loss_track else None
+        if self._checkpoints is not None:
+            self._checkpoints.check()
         self.state, metrics = self._step(self.state, self.place.put(ids_BT))
-        return metrics["loss"]
+        return metrics
 
     def rewind(self):
         """Back to the state before the last dispatched step: the loop found the target met one step earlier."""
@@ -149,8 +153,9 @@ class JaxTrainer:
             raise TrainerError("no step to rewind: only a loss track keeps the state before its last step")
         self.state, self._before_last = self._before_last, None
 
-    def read(self, loss) -> float:
-        return float(loss)
+    def read(self, metrics) -> tuple[float, float]:
+        got = jax.device_get(metrics)
+        return float(got["loss"]), float(got["param_norm"])
 
     def sync(self):
         jax.block_until_ready(self.state)
@@ -177,9 +182,11 @@ class JaxTrainer:
     def resume_step(self, fallback: bool = False) -> int | None:
         return self.checkpoints().choose(fallback=fallback)
 
+    def saved_fingerprint(self, step: int) -> dict:
+        return self.checkpoints().saved_fingerprint(step)
+
     def restore(self, step: int) -> Progress:
-        self.state, progress = self.checkpoints().restore(step, self.place.abstract(),
-                                                          fingerprint(self.track, self.cfg))
+        self.state, progress = self.checkpoints().restore(step, self.place.abstract())
         return progress
 
     def discard_checkpoints(self, from_step: int) -> int | None:

@@ -8,6 +8,8 @@
 """
 
 import argparse
+import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -114,13 +116,30 @@ def main(argv=None) -> int:
     if jax.process_index() != 0:
         return 0
     if not summary["finished"]:
-        print(f"stopped at step {summary['next_step']}; continue with --resume --run-name {summary['run']}")
+        given = list(sys.argv[1:] if argv is None else argv)
+        again = shlex.join(["python", "scripts/speedrun.py", *given,
+                            *([] if args.resume else ["--resume"])])
+        saved = f"checkpoint {summary['checkpoint']}" if summary["checkpoint"] else "nothing to save yet"
+        if summary["interrupted"]:
+            print(f"{summary['interrupted']}: stopped at step {summary['next_step']} ({saved}); continue with: "
+                  f"{again}" if summary["checkpoint"] else f"{summary['interrupted']}: stopped before the first step; "
+                  "nothing was saved", file=sys.stderr)
+            return stop_code(summary["interrupted"])
+        print(f"stopped at step {summary['next_step']} ({saved}); continue with: {again}")
         return 0
     print(speedrun.describe(summary))
     if args.record:
-        leaderboard.append_row(args.leaderboard, track.name, leaderboard.row_from_summary(summary))
+        from jax_nano.core.storage import writing
+
+        with writing(args.leaderboard):
+            leaderboard.append_row(args.leaderboard, track.name, leaderboard.row_from_summary(summary))
         print(f"recorded in {args.leaderboard}")
     return 0
+
+
+def stop_code(signal_name: str) -> int:
+    """The shell's exit code of a process ended by that signal (143 for SIGTERM, 130 for SIGINT)."""
+    return 128 + signal.Signals[signal_name].value
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from jax_nano.core import checksums
-from jax_nano.core.checkpoints import ASIDE, CheckpointError, check_fingerprint, choose, newest_verified
+from jax_nano.core.checkpoints import ASIDE, CheckpointError, choose, newest_verified
+from jax_nano.core.storage import writing
 
 SUFFIX = ".checksums.json"
 
@@ -44,7 +45,8 @@ def save_torch(obj, path, before_rename=None) -> None:
 
 def save(folder: Path, step: int, payload: dict, keep: int) -> None:
     path = folder / f"{step}.pt"
-    save_torch(payload, path, before_rename=lambda tmp: checksums.write_manifest(_sums(path), {path.name: tmp}))
+    with writing(path):
+        save_torch(payload, path, before_rename=lambda tmp: checksums.write_manifest(_sums(path), {path.name: tmp}))
     for _, paths in found(folder)[:-keep]:
         for old in paths:
             old.unlink(missing_ok=True)
@@ -56,16 +58,23 @@ def choose_step(folder: Path, *, fallback: bool = False) -> int | None:
     return choose(found(folder), lambda s: problem(folder, s), fallback=fallback, aside=folder.parent / ASIDE)
 
 
-def load(folder: Path, step: int, fp: dict, *, device) -> dict:
-    """The payload of the checkpoint of `step`, one that `choose_step` verified."""
-    path = folder / f"{step}.pt"
+def _load(path: Path, **kwargs) -> dict:
     try:
-        payload = torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, weights_only=True, **kwargs)
     except Exception as e:  # torch raises many types for a file it cannot read
         raise CheckpointError(f"checkpoint {path} cannot be loaded ({type(e).__name__}), although its checksums "
                               "verify; restore it from a copy or start afresh") from e
-    check_fingerprint(payload["fingerprint"], fp, path)
-    return payload
+
+
+def saved_fingerprint(folder: Path, step: int) -> dict:
+    """The settings the checkpoint of `step` was saved with; memory-mapped, so its tensors are not read."""
+    return _load(folder / f"{step}.pt", mmap=True, map_location="cpu")["fingerprint"]
+
+
+def load(folder: Path, step: int, *, device) -> dict:
+    """The payload of the checkpoint of `step`, one that `choose_step` verified and whose settings the driver has
+    checked (`saved_fingerprint`)."""
+    return _load(folder / f"{step}.pt", map_location=device)
 
 
 def discard(folder: Path, from_step: int) -> int | None:

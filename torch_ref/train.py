@@ -100,10 +100,13 @@ class TorchTrainer:
             loss = loss_fn(self.forward, ids_BT)
         loss.backward()
         optim.step(self.model, self.optimizers, self.schedulers, self.track.optim.grad_clip)
-        return loss.detach()
+        # The loss and, for the divergence guard (jax_nano/core/guard.py), the parameters' global norm: one read.
+        param_norm = torch.nn.utils.get_total_norm([p.detach() for p in self.model.parameters()])
+        return torch.stack([loss.detach().float(), param_norm.float()])
 
-    def read(self, loss) -> float:
-        return loss.item()
+    def read(self, handle) -> tuple[float, float]:
+        loss, param_norm = handle.tolist()
+        return loss, param_norm
 
     def rewind(self):
         """Never needed: a loss track reads every loss before the next step (`lag = 0`), so no step runs past
@@ -143,8 +146,11 @@ class TorchTrainer:
     def resume_step(self, fallback: bool = False) -> int | None:
         return torch_ckpt.choose_step(self._folder(), fallback=fallback)
 
+    def saved_fingerprint(self, step: int) -> dict:
+        return torch_ckpt.saved_fingerprint(self._folder(), step)
+
     def restore(self, step: int) -> Progress:
-        payload = torch_ckpt.load(self._folder(), step, fingerprint(self.track, self.cfg), device=self.device)
+        payload = torch_ckpt.load(self._folder(), step, device=self.device)
         self.model.load_state_dict(payload["model"])
         for obj, state in zip(self.optimizers + self.schedulers, payload["optimizers"] + payload["schedulers"]):
             obj.load_state_dict(state)

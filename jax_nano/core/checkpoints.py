@@ -28,22 +28,59 @@ class CheckpointError(UserError):
 SPEED_LEVERS = ("loss_chunk", "remat", "unroll_layers", "attention")
 
 
+def settings(track: Track, cfg: ModelConfig) -> dict:
+    """What must match between the run that saved and the one that resumes (not the stop rule or logging), by the
+    names a user knows: the optimizer's fields as their flags name them, the model's as `model.<field>`."""
+    model = {f"model.{k}": v for k, v in dataclasses.asdict(cfg).items() if k not in SPEED_LEVERS}
+    return {**model, **dataclasses.asdict(track.optim), "batch_size": track.batch_size, "seq_len": track.seq_len,
+            "seed": track.seed, "data": str(track.data), "total_steps": track.total_steps}
+
+
 def fingerprint(track: Track, cfg: ModelConfig) -> dict:
-    """What must match between the run that saved and the one that resumes (not the stop rule or logging)."""
+    """The settings a checkpoint stores, and their digest (the only thing checkpoints of older versions kept)."""
     model = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SPEED_LEVERS}
     recipe = {"model": model, "optim": dataclasses.asdict(track.optim),
               "batch_size": track.batch_size, "seq_len": track.seq_len, "seed": track.seed, "data": str(track.data),
               "total_steps": track.total_steps}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return {"digest": digest, "model": cfg.name, "track": track.name, "precision": track.precision}
+    return {"digest": digest, "model": cfg.name, "track": track.name, "precision": track.precision,
+            "settings": json.loads(json.dumps(settings(track, cfg), default=str))}
 
 
-def check_fingerprint(saved: dict, fp: dict, where) -> None:
-    if saved["digest"] != fp["digest"]:
-        raise CheckpointError(
-            f"checkpoint {where} is from another run (model {saved['model']}, track {saved['track']}, "
-            f"precision {saved['precision']}); resume with the same settings or choose another --run-name"
-        )
+def _extendable(saved: dict, now: dict) -> bool:
+    """A longer (or shorter) budget changes no step already taken: a constant schedule whose warm-up is as long."""
+    ratio = now["warmup_ratio"]
+    return now["schedule"] == "constant" and all(saved[k] == now[k] for k in ("schedule", "warmup_ratio")) and (
+        max(1, int(saved["total_steps"] * ratio)) == max(1, int(now["total_steps"] * ratio)))
+
+
+def check_fingerprint(saved: dict, fp: dict, where) -> str | None:
+    """Refuse a checkpoint saved under other settings, naming every field that differs with both values; a
+    changed step budget that leaves the steps taken unchanged is allowed, and the line saying so is returned."""
+    if "settings" not in saved:  # written before checkpoints stored their settings: only the digest can be compared
+        if saved["digest"] != fp["digest"]:
+            raise CheckpointError(
+                f"checkpoint {where} is from another run (model {saved['model']}, track {saved['track']}, precision "
+                f"{saved['precision']}; it stores no settings to compare); resume with the same settings or choose "
+                "another --run-name")
+        return None
+    old, now = saved["settings"], fp["settings"]
+    differ = [k for k in sorted(old.keys() | now.keys()) if k != "total_steps" and old.get(k) != now.get(k)]
+    if saved["precision"] != fp["precision"]:
+        differ.insert(0, "precision")
+        old, now = {**old, "precision": saved["precision"]}, {**now, "precision": fp["precision"]}
+    budget = old.get("total_steps") != now.get("total_steps")
+    if budget and not _extendable(old, now):
+        differ.append("total_steps")
+    if differ:
+        named = ", ".join(f"{k}: checkpoint {old.get(k, 'unset')}, now {now.get(k, 'unset')}" for k in differ)
+        why = (" (a step budget changes this schedule's learning rates, so only a constant schedule with the same "
+               "warm-up can be extended)" if differ == ["total_steps"] else "")
+        raise CheckpointError(f"checkpoint {where} was saved with other settings: {named}{why}; resume with the "
+                              "checkpoint's settings or choose another --run-name")
+    if budget:
+        return f"extending the run's budget from {old['total_steps']} to {now['total_steps']} steps"
+    return None
 
 
 def newest_verified(found: list, problem_of) -> int | None:

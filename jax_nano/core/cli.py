@@ -22,6 +22,7 @@ def run_main(main, argv=None) -> int:
         return 130
 
 
+OFF = "off"  # the type of a --no-X flag: it sets its boolean field to False
 # flag -> (Track field or "optim.<field>", type, help)
 OVERRIDES = {
     "framework": ("framework", str, f"one of {', '.join(FRAMEWORKS)} (default jax)"),
@@ -42,6 +43,8 @@ OVERRIDES = {
     "remat": ("remat", str, f"JAX: what each block recomputes in the backward pass: {', '.join(REMAT_POLICIES)}"),
     "unroll_layers": ("unroll_layers", bool, "JAX: a Python loop over the layers instead of a scan (longer compile)"),
     "attention": ("attention", str, f"JAX attention kernel: {', '.join(ATTENTION_KINDS)} (auto: cudnn on GPU in bf16)"),
+    "no_divergence_guard": ("divergence_guard", OFF, "do not stop a run whose loss stays at ln(vocab) or whose "
+                            "weights blow up (jax_nano/core/guard.py)"),
     "checkpoint_every": ("checkpoint_every", int, "steps between checkpoints (0: only at the end)"),
     "keep_checkpoints": ("keep_checkpoints", int, "checkpoints kept on disk"),
     "muon_lr": ("optim.muon_lr", float, "Muon learning rate"),
@@ -57,8 +60,11 @@ OVERRIDES = {
 
 
 def add_flag(parser, flag: str, kind, text: str) -> None:
-    """One override flag (default None: the track's own value); a bool field is a switch, e.g. --unroll-layers."""
-    if kind is bool:
+    """One override flag (default None: the track's own value); a bool field is a switch, e.g. --unroll-layers,
+    and an OFF field one that turns it off, e.g. --no-divergence-guard."""
+    if kind is OFF:
+        parser.add_argument("--" + flag.replace("_", "-"), action="store_const", const=False, default=None, help=text)
+    elif kind is bool:
         parser.add_argument("--" + flag.replace("_", "-"), action="store_true", default=None, help=text)
     else:
         parser.add_argument("--" + flag.replace("_", "-"), type=kind, default=None, help=text)

@@ -5,24 +5,14 @@ everything a leaderboard depends on (what is timed, which step counts as the fir
 decided here once, so the two frameworks are timed by the same rules.
 """
 
-import math
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from configs.errors import UserError
 from configs.tracks import Track
-
-
-class NonFiniteLoss(UserError):
-    """The loss became NaN or inf; the message names the step and, once the driver has looked, the checkpoint kept
-    (jax_nano/run/speedrun.py)."""
-
-    def __init__(self, step: int, loss: float, kept: str | None = None):
-        super().__init__(f"train loss is {loss} at step {step}; stopping" + (f" ({kept})" if kept else ""))
-        self.step, self.loss = step, loss
+from jax_nano.core.guard import Guard
 
 
 class Clock:
@@ -56,8 +46,12 @@ class Progress:
 
 
 def run(track: Track, trainer, loader, val_NBT, *, progress: Progress, log=None, stop_after: int | None = None,
-        show_bar: bool = True) -> Progress:
-    """Train from `progress.next_step` until the track's stop rule (or `stop_after` steps this session).
+        show_bar: bool = True, stop=None) -> Progress:
+    """Train from `progress.next_step` until the track's stop rule (or `stop_after` steps this session, or a stop
+    request: `stop.received` set by a signal, jax_nano/core/preemption.py, ends the session at the next step).
+
+    Every loss and parameter norm goes through the divergence guard (jax_nano/core/guard.py), which raises
+    `Diverged`.
 
     A trainer with `lag = 1` (JAX) has its step s loss read only after step s+1 is dispatched, so the host
     never stalls the device. When step s is the first under a loss track's target, step s+1 has already run:
@@ -68,15 +62,15 @@ def run(track: Track, trainer, loader, val_NBT, *, progress: Progress, log=None,
     target = track.target_loss
     clock = Clock(progress.active_time_s)
     pending = deque()
+    guard = Guard(trainer.cfg.vocab_size, track.divergence_guard)
     session_end = total if stop_after is None else min(total, progress.next_step + stop_after)
     bar = tqdm(total=total, initial=progress.next_step, disable=not show_bar, unit="step", dynamic_ncols=True,
                desc=f"{track.name} [{trainer.framework}]")
 
     def read_one():
         step, handle = pending.popleft()
-        loss = trainer.read(handle)
-        if not math.isfinite(loss):
-            raise NonFiniteLoss(step, loss)
+        loss, param_norm = trainer.read(handle)
+        guard.check(step, loss, param_norm)
         progress.losses.append(loss)
         elapsed = clock.read()
         tokens = (step + 1) * track.tokens_per_step
@@ -113,7 +107,7 @@ def run(track: Track, trainer, loader, val_NBT, *, progress: Progress, log=None,
     clock.resume()
     step = progress.next_step
     try:
-        while step < session_end and progress.reached_step is None:
+        while step < session_end and progress.reached_step is None and not (stop and stop.received):
             handle = trainer.step(next(loader))
             pending.append((step, handle))
             step += 1

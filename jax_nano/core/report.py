@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from jax_nano.core.storage import writing
+
 # Peak dense bf16 FLOP/s (no sparsity) by device-name fragment, SPEC section 5. H100 PCIe and NVL are slower
 # parts that share the "H100" fragment, so they have their own entries; the longest matching fragment wins.
 PEAK_BF16_FLOPS = {
@@ -132,20 +134,28 @@ def write_json_atomic(path, obj) -> None:
 class MetricsLog:
     """JSON lines, one dict per line, flushed per line so a killed run keeps everything it logged.
 
-    append=True continues an existing log (a resumed run); otherwise the file starts empty.
+    append=True continues an existing log (a resumed run), first dropping the records of steps >= `before_step`:
+    those came after the checkpoint the run resumes from and will be logged again. Otherwise the file starts empty.
+    A write the file system refuses (full, read-only) is a one-line StorageError naming the file.
     """
 
-    def __init__(self, path, append: bool = False):
+    def __init__(self, path, append: bool = False, before_step: int | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a" if append else "w", encoding="utf-8")
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if append and before_step is not None and self.path.exists():
+                kept = [r for r in read_metrics(self.path) if r.get("step", -1) < before_step]
+                write_text_atomic(self.path, "".join(json.dumps(r, default=_json_default) + "\n" for r in kept))
+            self._file = open(self.path, "a" if append else "w", encoding="utf-8")
 
     def write(self, record: dict) -> None:
-        self._file.write(json.dumps(record, default=_json_default) + "\n")
-        self._file.flush()
+        with writing(self.path):
+            self._file.write(json.dumps(record, default=_json_default) + "\n")
+            self._file.flush()
 
     def close(self) -> None:
-        self._file.close()
+        with writing(self.path):
+            self._file.close()
 
     def __enter__(self) -> "MetricsLog":
         return self

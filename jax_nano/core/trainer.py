@@ -41,10 +41,10 @@ class Trainer(Protocol):
         """Compile, run the untimed warm-up, reset weights and optimizer; the seconds it took."""
 
     def step(self, ids_BT: np.ndarray):
-        """Dispatch one train step; a handle to its loss."""
+        """Dispatch one train step; a handle to its loss and the global norm of the updated parameters."""
 
-    def read(self, loss) -> float:
-        """The value of a dispatched step's loss (what `step` returned), waiting for the step."""
+    def read(self, handle) -> tuple[float, float]:
+        """(loss, parameter norm) of a dispatched step (what `step` returned), waiting for the step."""
 
     def rewind(self) -> None:
         """Back to the state before the last dispatched step (a loss track read one step late)."""
@@ -60,6 +60,10 @@ class Trainer(Protocol):
 
     def resume_step(self, fallback: bool = False) -> int | None:
         """The newest checkpoint that verifies (jax_nano/core/checkpoints.py `choose`); None if there is none."""
+
+    def saved_fingerprint(self, step: int) -> dict:
+        """The settings the checkpoint of `step` was saved with (jax_nano/core/checkpoints.py `fingerprint`), read
+        without loading its state."""
 
     def restore(self, step: int) -> Progress:
         """Load the checkpoint of `step` into this trainer; its Progress."""

@@ -10,13 +10,18 @@ import datetime
 import importlib
 import math
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 from configs.errors import UserError
 from configs.model import get_model_config
 from configs.tracks import Track
-from jax_nano.core import checksums, loop, report
+from jax_nano.core import checksums, loop, report, storage
+from jax_nano.core.checkpoints import check_fingerprint, fingerprint
+from jax_nano.core.guard import Diverged
+from jax_nano.core.preemption import StopSignals
+from jax_nano.core.runlock import RunLock
 from jax_nano.core.trainer import Trainer
 from jax_nano.data.loader import TrainLoader, val_batches
 from jax_nano.data.token_store import open_store, require_tokens
@@ -56,9 +61,10 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
              stop_after: int | None = None, init_from=None, export_to=None, export_format="plain", show_bar=True,
              mesh: str | None = None, save_final: bool = True, fallback: bool = False) -> dict:
     """Run `track`; returns the summary (also written to results/<run>.json), or a partial one when stopped by
-    `stop_after` (then a checkpoint lets `resume=True` continue). `save_final=False` skips the end-of-run
-    checkpoint (a benchmark that only wants the figures). `fallback`: when the newest checkpoint fails its
-    checksums, resume from the newest that verifies (jax_nano/checkpoint.py `choose`) instead of stopping.
+    `stop_after` or by SIGTERM/SIGINT (jax_nano/core/preemption.py; then `interrupted` names the signal): either
+    way a checkpoint lets `resume=True` continue. `save_final=False` skips the end-of-run checkpoint (a benchmark
+    that only wants the figures). `fallback`: when the newest checkpoint fails its checksums, resume from the
+    newest that verifies (jax_nano/checkpoint.py `choose`) instead of stopping.
 
     `export_to`: the final weights as a PyTorch file, `export_format` "plain" (a state_dict) or "upstream"
     (upstream's trainer's `model.pt`: {"model_state_dict", "config", "metrics", "step"}).
@@ -66,16 +72,28 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     `mesh` ("data=N,fsdp=M", jax_nano/sharding.py): the devices to train on; default every device on the data
     axis. Under `jax.distributed` every process calls this alike: each loads only its share of each training
     batch (the validation batches, small, are read whole by every process and sharded the same way); only
-    process 0 writes the results, the plot and the exported weights, and shows the progress bar."""
+    process 0 writes the results, the plot and the exported weights, and shows the progress bar. Signals are
+    left to their default there: every process would have to agree on the step to stop at."""
     run_name = run_name or f"{track.name}-{track.framework}"
     if export_format not in EXPORT_FORMATS:
         raise RunError(f"unknown export format {export_format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     framework = trainer_class(track.framework)
     built_mesh = framework.mesh_for(track, mesh)
     index, count = framework.processes()
+    run_dir = Path(runs_dir) / run_name
+    with RunLock(run_dir, run_name, index if count > 1 else None), StopSignals(enabled=count == 1) as stop:
+        return _speedrun(track, framework, built_mesh, (index, count), run_name, run_dir, Path(results_dir),
+                         resume=resume, stop_after=stop_after, init_from=init_from, export_to=export_to,
+                         export_format=export_format, show_bar=show_bar, save_final=save_final, fallback=fallback,
+                         stop=stop)
+
+
+def _speedrun(track, framework, built_mesh, processes, run_name, run_dir, results_dir, *, resume, stop_after,
+              init_from, export_to, export_format, show_bar, save_final, fallback, stop) -> dict:
+    """`speedrun` with the run folder locked and the signals caught."""
+    index, count = processes
     lead = index == 0
     share = {"process_index": index, "process_count": count}
-    run_dir, results_dir = Path(runs_dir) / run_name, Path(results_dir)
     # Only finished checkpoints count: a save cut short leaves temporary files, not a checkpoint.
     folder = run_dir / "checkpoints"
     has_checkpoints = folder.is_dir() and any(p.name.isdigit() or p.name.removesuffix(".pt").isdigit()
@@ -86,6 +104,9 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
         raise RunError(f"run {run_name!r} already has checkpoints in {run_dir}; pass --resume to continue it "
                        "or --run-name NAME to start a new one")
     cfg = get_model_config(track.model)
+    if lead:
+        storage.require_room(results_dir)
+    storage.require_room(run_dir, checkpoint_bytes(cfg, track.precision))
     store = open_store(track.data, vocab_size=cfg.vocab_size, seq_len=track.seq_len)
     # A token track must not repeat data; a loss track may (it stops when it stops).
     needed = track.total_steps * track.tokens_per_step if not track.is_loss_track else track.tokens_per_step
@@ -98,58 +119,107 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
         init_weights = fit_state_dict(read_state_dict(init_from), cfg, where=init_from)
 
     trainer = make_trainer(track, run_dir, init_weights, built_mesh)
-    # The checksums are verified before setup, so a damaged checkpoint is refused before any compilation.
+    # The checksums and the settings are checked before setup, so a resume that cannot work is refused before any
+    # compilation.
     step = trainer.resume_step(fallback) if resume else None
     if resume and step is None:  # only something else under a checkpoint's name, e.g. a file named 4 in a JAX run
         raise RunError(f"--resume: run {run_name!r} has no checkpoint {trainer.framework} can read in {run_dir}")
+    if resume:
+        note = check_fingerprint(trainer.saved_fingerprint(step), fingerprint(track, trainer.cfg),
+                                 folder / str(step))
+        if note and lead:
+            print(note, file=sys.stderr)
     warm = TrainLoader(store, track.batch_size, track.seed, prefetch=0, **share)
     setup_s = trainer.setup([warm.batch(i) for i in range(track.warmup_steps)], val_NBT)
     progress = trainer.restore(step) if resume else loop.Progress()
-    loader = TrainLoader(store, track.batch_size, track.seed, start_step=progress.next_step, **share)
+    first_step = progress.next_step
+    loader = TrainLoader(store, track.batch_size, track.seed, start_step=first_step, **share)
     compiles_before = trainer.compiles()
+    metrics_path = results_dir / f"{run_name}.jsonl"
     try:
-        with (report.MetricsLog(results_dir / f"{run_name}.jsonl", append=resume) if lead else _NoLog()) as log:
+        with (report.MetricsLog(metrics_path, append=resume, before_step=first_step) if lead else _NoLog()) as log:
             try:
                 progress = loop.run(track, trainer, loader, val_NBT, progress=progress, log=log,
-                                    stop_after=stop_after, show_bar=show_bar and lead)
-            except loop.NonFiniteLoss as e:
+                                    stop_after=stop_after, show_bar=show_bar and lead, stop=stop)
+            except Diverged as e:
                 # A checkpoint taken after k steps holds the weights that gave step k's loss.
-                kept = trainer.discard_checkpoints(from_step=e.step)
-                raise loop.NonFiniteLoss(e.step, e.loss, kept=(
+                kept = trainer.discard_checkpoints(from_step=e.from_step)
+                raise Diverged(e.step, e.reason, e.from_step, kept=(
                     f"kept the checkpoint of step {kept}, the newest that verifies" if kept is not None
                     else "no verified checkpoint of an earlier step is kept")) from None
             compiles = trainer.compiles() - compiles_before
             if not loop.finished(track, progress):
-                trainer.save(progress)
-                trainer.close()
-                return {"run": run_name, "finished": False, "next_step": progress.next_step}
+                return _stop_session(trainer, track, progress, first_step, stop, run_name, results_dir, lead)
             t0 = time.perf_counter()
             final = trainer.evaluate(val_NBT)
             progress.eval_time_s += time.perf_counter() - t0
             log.write({"step": progress.next_step - 1, **final})
     finally:
         loader.close()
-    if save_final:
-        trainer.save(progress)
-    trainer.close()
     weights = trainer.export()  # every process: a gather under a mesh
     if lead and export_to is not None:
         from jax_nano.interop.export import export_torch
 
         metrics = {"train_loss": progress.losses[-1] if progress.losses else math.nan, **final}
-        export_torch(weights, export_to, export_format, cfg=trainer.cfg, metrics=metrics, step=progress.next_step)
+        with storage.writing(export_to):
+            export_torch(weights, export_to, export_format, cfg=trainer.cfg, metrics=metrics,
+                         step=progress.next_step)
     digests = {"weights_sha256": checksums.weights_sha256(weights) if lead else None,
                "data_sha256": store.header["sha256"], "data_header_sha256": store.header_sha256}
 
     summary = summarize(track, trainer.facts(), progress, final, setup_s, run_name, compiles)
     summary.update(digests)
-    if not lead:
-        return summary
-    report.write_json_atomic(results_dir / f"{run_name}.json", summary)
-    steps = list(range(len(progress.losses)))
-    report.plot_curves({track.framework: (steps, progress.losses)}, results_dir / f"{run_name}.png", xlabel="step",
-                       title=f"{track.name}: {track.framework} on {summary['device']}", hline=track.target_loss)
+    summary["checkpoint"] = str(folder / str(progress.next_step)) if save_final else None
+    # The summary is written before the final checkpoint: a save that fails must not lose the run's result.
+    if lead:
+        _write_results(summary, progress, track, results_dir)
+    if save_final:
+        try:
+            trainer.save(progress)
+            trainer.close()
+        except storage.StorageError as e:
+            if lead:
+                summary["checkpoint"] = f"not saved: {e}"
+                _write_results(summary, progress, track, results_dir, plot=False)
+            raise storage.StorageError(f"{e} (the run's summary is in {results_dir / run_name}.json)") from None
+    trainer.close()
     return summary
+
+
+def checkpoint_bytes(cfg, precision: str) -> int:
+    """About what one checkpoint takes on disk: the weights and at most two optimizer moments per weight."""
+    per_value = 2 if precision == "bf16" else 4
+    return 3 * per_value * report.n_matmul_params(cfg)
+
+
+def _stop_session(trainer, track, progress, first_step, stop, run_name, results_dir, lead) -> dict:
+    """A session that ends before the run does (`stop_after` or a signal): checkpoint it and say where it stands."""
+    partial = {"run": run_name, "finished": False, "next_step": progress.next_step, "interrupted": stop.received,
+               "active_time_s": progress.active_time_s,
+               "train_loss": progress.losses[-1] if progress.losses else None}
+    trained = progress.next_step > first_step
+    if trained and not (track.checkpoint_every and progress.next_step % track.checkpoint_every == 0):
+        trainer.save(progress)  # (on a checkpoint_every boundary the loop has just saved this step)
+    trainer.close()
+    # Stopped before its first step, a fresh run has nothing to keep; a resumed one still has its checkpoint.
+    partial["checkpoint"] = str(Path(trainer.run_dir) / "checkpoints" / str(progress.next_step)) if (
+        trained or first_step) else None
+    if lead and stop.received:
+        with storage.writing(results_dir / f"{run_name}.json"):
+            report.write_json_atomic(results_dir / f"{run_name}.json", partial)
+    return partial
+
+
+def _write_results(summary: dict, progress, track: Track, results_dir: Path, plot: bool = True) -> None:
+    path = results_dir / f"{summary['run']}.json"
+    with storage.writing(path):
+        report.write_json_atomic(path, summary)
+    if plot:
+        png = results_dir / f"{summary['run']}.png"
+        with storage.writing(png):
+            report.plot_curves({track.framework: (list(range(len(progress.losses))), progress.losses)}, png,
+                               xlabel="step", title=f"{track.name}: {track.framework} on {summary['device']}",
+                               hline=track.target_loss)
 
 
 class _NoLog:

@@ -1,0 +1,49 @@
+"""One process per run folder: a `flock` on `runs/<run>/.lock`, held for the run's life.
+
+Two processes on one run name would delete each other's checkpoints in progress and interleave their logs. The
+kernel drops a flock when its holder exits however it exits, so the lock of a dead process never blocks; the pid
+written into the file is only there to name the holder in the refusal.
+"""
+
+import fcntl
+import os
+from pathlib import Path
+
+from configs.errors import UserError
+from jax_nano.core.storage import writing
+
+
+class RunInUse(UserError):
+    """Another live process holds the run's lock."""
+
+
+class RunLock:
+    """`with RunLock(run_dir, name):` holds the run folder's lock; refuses at once when another process holds it.
+
+    `process` (a multi-process run's index) gives each process of one run its own lock file."""
+
+    def __init__(self, run_dir, name: str, process: int | None = None):
+        self.path = Path(run_dir) / (".lock" if not process else f".lock.{process}")
+        self.name = name
+        self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        with writing(self.path):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunInUse(f"run {self.name!r} is in use by process {holder} (it holds {self.path}); wait for it to "
+                           "end or choose another --run-name") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock; the file stays, so no one races on re-creating it
+            self._fd = None
