@@ -13,6 +13,8 @@ files of the step directory while it renames it, after the checksums: `_CHECKPOI
 """
 
 import dataclasses
+import logging
+import sys
 from pathlib import Path
 
 import orbax.checkpoint as ocp
@@ -20,11 +22,38 @@ import orbax.checkpoint as ocp
 from jax_nano.core import checksums
 from jax_nano.core.checkpoints import ASIDE, CheckpointError, choose, newest_verified
 from jax_nano.core.loop import Progress
-from jax_nano.core.storage import storage_error, writing
+from jax_nano.core.storage import cause_of, storage_error, writing
 
 SUMS = "checksums.json"
 _AFTER_SUMS = ("_CHECKPOINT_METADATA", "commit_success.txt")
 _PENDING = ocp.path.atomicity_types.TMP_DIR_SUFFIX
+
+
+class _ReportedOnce(logging.Filter):
+    """Orbax logs a failed background save with its traceback, from the save thread and again from each wait on it,
+    and asyncio logs each of its write tasks that failed when they are collected; a storage fault is reported by the
+    run itself as one line (`Checkpoints.check`), so those records are dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return cause_of(RuntimeError(record.getMessage())) is None and (exc is None or cause_of(exc) is None)
+
+
+def _aftermath(value) -> bool:
+    return isinstance(value, RuntimeError) and str(value) == "Event loop is closed"
+
+
+def _quiet_hooks() -> None:
+    """When a save fails, the writer's other pending file operations still complete one by one and report to the
+    save's event loop, closed by then: each prints a traceback as an unraisable exception. The failure itself is
+    reported as one line; these are its noise."""
+    unraisable = sys.unraisablehook
+    sys.unraisablehook = lambda u: None if _aftermath(u.exc_value) else unraisable(u)
+
+
+_quiet_hooks()
+for _logger in ("absl", "asyncio"):
+    logging.getLogger(_logger).addFilter(_ReportedOnce())
 
 
 class Checkpoints:
@@ -77,15 +106,13 @@ class Checkpoints:
 
     def _failed(self, e: Exception) -> Exception:
         error = storage_error(self.folder / str(self._saving), e, " (a background checkpoint save failed)")
-        return error if error is not None else e
+        return e if error is None else error
 
     def check(self) -> None:
-        """Raise now if a background save has failed, rather than at the next save (a host check, no device sync)."""
-        if self._mgr is not None and self._saving is not None:
-            try:
-                self._mgr.check_for_errors()
-            except Exception as e:
-                raise self._failed(e) from None
+        """Raise now if a background save has failed, rather than at the next save. A host check, no device sync:
+        once no save is in progress, waiting returns at once, with the failure if there was one."""
+        if self._mgr is not None and self._saving is not None and not self._mgr.is_saving_in_progress():
+            self.wait()
 
     def wait(self) -> None:
         """Until the save in flight is written; its failure raises here."""

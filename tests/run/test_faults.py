@@ -1,6 +1,7 @@
-"""Fault injection: every file of a checkpoint truncated, flipped or deleted, and a run killed -9 in the middle of a
-save, for both frameworks. Each case either resumes bit-identically from a checkpoint that verifies or stops with
-a one-line error that names the step and the file; none trains on damaged weights.
+"""Fault injection: every file of a checkpoint truncated, flipped or deleted, a run killed -9 in the middle of a
+save, and a run sent SIGTERM or SIGINT (once, or twice), for both frameworks. Each case either resumes
+bit-identically from a checkpoint that verifies or stops with a one-line error that names the step and the file;
+none trains on damaged weights.
 
 One short run per framework is trained once; each case damages a copy of its checkpoints and needs only a
 restore and two steps of the already compiled trainer.
@@ -37,12 +38,12 @@ def fault_track(store: str, framework: str):
     return toy.toy_track(store, steps=STEPS, checkpoint_every=EVERY, framework=framework)
 
 
-def cli_flags(store: str, framework: str) -> list:
-    """The flags of scripts/speedrun.py that give fault_track."""
+def cli_flags(store: str, framework: str, every: int = EVERY) -> list:
+    """The flags of scripts/speedrun.py that give fault_track (with checkpoints every `every` steps)."""
     return ["--model", "tiny", "--data", store, "--batch-size", "8", "--seq-len", "64", "--tokens",
             str(8 * 64 * STEPS), "--precision", "float32", "--eval-every", "0", "--eval-batches", "2",
             "--warmup-steps", "1", "--muon-lr", "0.02", "--adamw-lr", "0.006", "--ortho-dtype", "float32",
-            "--checkpoint-every", str(EVERY), "--framework", framework, "--no-bar"]
+            "--checkpoint-every", str(every), "--framework", framework, "--no-bar"]
 
 
 @pytest.fixture(scope="module", params=["jax", "torch"])
@@ -234,3 +235,83 @@ def test_run_killed_inside_a_checkpoint_save_resumes_exactly(trained, tmp_path):
                                     results_dir=tmp_path / "results", runs_dir=tmp_path / "runs")
     assert summary["steps"] == STEPS
     assert summary["weights_sha256"] == trained["summary"]["weights_sha256"]
+
+
+def start_runner(tmp_path: Path, flags: list, **faults) -> subprocess.Popen:
+    """tests/run/fault_runner.py with `flags` and the faults it reads from the environment."""
+    env = {**os.environ, "JAX_NANO_CACHE": str(tmp_path / "xla-cache"), "PYTHONPATH": str(ROOT),
+           **{k: str(v) for k, v in faults.items()}}
+    return subprocess.Popen([sys.executable, str(ROOT / "tests" / "run" / "fault_runner.py"), *flags], cwd=tmp_path,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_for(marker: Path, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 240
+    while not marker.exists():
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, f"the run never wrote {marker.name}"
+        time.sleep(0.05)
+
+
+def logged_steps(path: Path) -> list:
+    return [r["step"] for r in map(json.loads, path.read_text().splitlines()) if "loss" in r]
+
+
+def resume_in_process(trained, tmp_path: Path, name: str, every: int) -> dict:
+    return speedrun.speedrun(fault_track(trained["store"], trained["framework"]).replace(checkpoint_every=every),
+                             run_name=name, resume=True, show_bar=False, results_dir=tmp_path / "results",
+                             runs_dir=tmp_path / "runs")
+
+
+def test_a_signal_saves_a_checkpoint_and_the_resume_matches_an_uninterrupted_run(trained, tmp_path):
+    """SIGTERM (JAX) and SIGINT (PyTorch), with --checkpoint-every 0: the run finishes its step, saves, says how to
+    resume in one line and exits 143 / 130."""
+    framework = trained["framework"]
+    sig = signal.SIGTERM if framework == "jax" else signal.SIGINT
+    flags = cli_flags(trained["store"], framework, every=0) + ["--run-name", "cut"]
+    proc = start_runner(tmp_path, flags, PAUSE_STEP=3, PAUSE_MARKER=tmp_path / "paused")
+    try:
+        wait_for(tmp_path / "paused", proc)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 128 + sig, err[-3000:]
+    assert "Traceback" not in err, err
+    # The loss of step 3 was read with step 4 dispatched (lag 1): the run stops after step 4, at next step 5.
+    saved = Path("runs") / "cut" / "checkpoints" / "5"
+    command = "python scripts/speedrun.py " + " ".join(flags) + " --resume"
+    assert err.strip().splitlines()[-1] == f"{sig.name}: stopped at step 5 (checkpoint {saved}); continue with: " \
+                                           f"{command}", err
+    partial = json.loads((tmp_path / "results" / "cut.json").read_text())
+    assert partial["finished"] is False and partial["interrupted"] == sig.name and partial["next_step"] == 5
+    summary = resume_in_process(trained, tmp_path, "cut", every=0)
+    assert summary["steps"] == STEPS and summary["weights_sha256"] == trained["summary"]["weights_sha256"]
+    assert logged_steps(tmp_path / "results" / "cut.jsonl") == list(range(STEPS))
+
+
+def test_a_second_signal_during_the_save_exits_at_once_and_keeps_the_previous_checkpoint(trained, tmp_path):
+    if trained["framework"] != "torch":
+        pytest.skip("the second signal's path is the driver's, the same for both frameworks: PyTorch is quicker")
+    flags = cli_flags(trained["store"], "torch", every=3) + ["--run-name", "twice"]
+    proc = start_runner(tmp_path, flags, PAUSE_STEP=3, PAUSE_MARKER=tmp_path / "paused", STALL_STEP=5,
+                        STALL_MARKER=tmp_path / "stalled")
+    try:
+        wait_for(tmp_path / "paused", proc)
+        proc.send_signal(signal.SIGTERM)
+        wait_for(tmp_path / "stalled", proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 143, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("second SIGTERM: exiting now without saving"), err
+    folder = tmp_path / "runs" / "twice" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".pt") == ["3.pt"]
+    assert logged_steps(tmp_path / "results" / "twice.jsonl") == [0, 1, 2, 3, 4]
+    summary = resume_in_process(trained, tmp_path, "twice", every=3)
+    assert summary["weights_sha256"] == trained["summary"]["weights_sha256"]
+    assert logged_steps(tmp_path / "results" / "twice.jsonl") == list(range(STEPS))  # steps 3, 4 not twice

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from jax_nano.checkpoint import Checkpoints
-from jax_nano.core import loop
 from jax_nano.core.guard import Diverged
 from jax_nano.run.speedrun import RunError, speedrun
 
