@@ -59,9 +59,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     from jax_nano.interop import hf_export
 
-    if args.format not in hf_export.FORMATS:
-        raise ExportArgsError(f"unknown format {args.format!r}; pass --format with one of "
-                              f"{', '.join(hf_export.FORMATS)}")
+    hf_export.check_format(args.format)
     if args.out is None:
         raise ExportArgsError("no --out DIR; name the folder to write")
     if (args.run is None) == (args.state_dict is None):

@@ -14,6 +14,7 @@ The fused (q|k|v|o) matrix of upstream's newest 88M design is split into the fou
 Only numpy here; safetensors is imported when a folder is read.
 """
 
+import importlib.util
 import json
 import math
 from dataclasses import dataclass
@@ -32,6 +33,14 @@ INDEX = "model.safetensors.index.json"
 
 class HFError(UserError, ValueError):
     """A transformers folder this project cannot load; one line naming the folder and the first mismatch."""
+
+
+def require(*packages: str) -> None:
+    """One line naming the first of `packages` that is not installed, and the extra that brings it."""
+    for package in packages:
+        if importlib.util.find_spec(package) is None:
+            raise HFError(f"{package} is not installed; install the hf extra: pip install -c constraints.txt "
+                          "-e '.[hf]'")
 
 
 @dataclass(frozen=True)
@@ -215,6 +224,7 @@ def config_from_hf(config: dict, where="folder", name="custom") -> ModelConfig:
 
 def read_tensors(folder: Path, where) -> dict:
     """name -> torch tensor of a folder's `model.safetensors` (or its shards)."""
+    require("safetensors")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 

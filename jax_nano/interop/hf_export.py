@@ -19,15 +19,22 @@ from pathlib import Path
 from configs.errors import UserError
 from configs.model import ModelConfig
 from jax_nano.core.checksums import weights_sha256
-from jax_nano.interop.hf import FAMILIES, WEIGHTS, hf_config, to_hf
+from jax_nano.interop.hf import FAMILIES, WEIGHTS, hf_config, require, to_hf
 from torch_ref.tensors import torch_state_dict
 
-FORMATS = ("hf", "safetensors", "upstream")
+# format -> the packages it needs beyond the project's own
+FORMATS = {"hf": ("transformers", "safetensors"), "safetensors": ("safetensors",), "upstream": ()}
 CARD = "README.md"
 
 
 class ExportError(UserError, ValueError):
     """An export that cannot be written as asked; one line with the fix."""
+
+
+def check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}; pass --format with one of {', '.join(FORMATS)}")
+    require(*FORMATS[fmt])
 
 
 def check_out(out, force: bool) -> Path:
@@ -164,8 +171,7 @@ def export(weights: dict, cfg: ModelConfig, out, fmt: str, *, force=False, summa
     """`weights` (upstream's names, numpy arrays) as `fmt` in the folder `out` (created; a non-empty one only with
     `force`), all or nothing. `summary`: the run's (results/RUN.json) for the model card; `metrics` and `step`
     go into upstream's model.pt. Returns `out`."""
-    if fmt not in FORMATS:
-        raise ExportError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_format(fmt)
     out = check_out(out, force)
     with staged(out) as folder:
         if fmt == "hf":

@@ -150,6 +150,9 @@ def read_checkpoint(path) -> dict:
 
 def _read_safetensors(path: Path) -> dict:
     """A state_dict in upstream's names saved as safetensors (scripts/export.py --format safetensors)."""
+    from jax_nano.interop.hf import require
+
+    require("safetensors")
     from safetensors import SafetensorError, safe_open
 
     try:
