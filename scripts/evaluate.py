@@ -3,6 +3,7 @@
     python scripts/evaluate.py --run 4.5loss-jax                       # the default suite (needs the Hub)
     python scripts/evaluate.py --run 4.5loss-jax --tasks hellaswag,piqa --limit 200
     python scripts/evaluate.py --state-dict model.pt --framework torch --tasks arc_easy
+    python scripts/evaluate.py --model-dir exports/4.5loss-jax --tasks arc_easy         # a transformers folder
     python scripts/evaluate.py --model tiny --include-path my_tasks --tasks my_task   # a fresh model, local task
 """
 
@@ -22,7 +23,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
     w = p.add_argument_group("the weights (one of)")
     w.add_argument("--run", default=None, help="the latest checkpoint of runs/NAME")
-    w.add_argument("--state-dict", default=None, metavar="PATH", help="a PyTorch state_dict (ours or upstream's)")
+    w.add_argument("--state-dict", default=None, metavar="PATH",
+                   help="a PyTorch state_dict (ours or upstream's) or a .safetensors")
+    w.add_argument("--model-dir", default=None, metavar="DIR", help="a transformers folder (scripts/export.py)")
     w.add_argument("--model", default=None, help=f"a fresh model of this preset ({', '.join(PRESETS)}); with\n"
                                                    "--state-dict, the preset its shapes must fit")
     p.add_argument("--tasks", default=None, help=f"comma-separated harness tasks (default {','.join(DEFAULT_TASKS)})")
@@ -49,15 +52,19 @@ def output_name(args) -> str:
         return args.run
     if args.state_dict:
         return Path(args.state_dict).stem
+    if args.model_dir:
+        return Path(args.model_dir).name
     return f"{args.model}-fresh"
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    if args.run is not None and args.state_dict is not None:
-        raise ConfigError("--run and --state-dict conflict: choose one source of weights")
-    if args.run is None and args.state_dict is None and args.model is None:
-        raise ConfigError("choose the weights: --run NAME, --state-dict PATH or --model PRESET (a fresh model)")
+    sources = [args.run, args.state_dict, args.model_dir]
+    if sum(x is not None for x in sources) > 1:
+        raise ConfigError("--run, --state-dict and --model-dir conflict: choose one source of weights")
+    if all(x is None for x in sources) and args.model is None:
+        raise ConfigError("choose the weights: --run NAME, --state-dict PATH, --model-dir DIR or --model PRESET "
+                          "(a fresh model)")
     if args.limit is not None and args.limit <= 0:
         raise ConfigError(f"--limit {args.limit:g} must be positive")
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
@@ -73,9 +80,9 @@ def main(argv=None) -> int:
     use_compilation_cache()
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(task_scores.DEFAULT_TASKS)
     manager, built = task_scores.load_tasks(tasks, args.include_path)
-    lm = JaxNanoLM(run=args.run, state_dict=args.state_dict, preset=args.model, framework=args.framework,
-                   batch_size=args.batch_size, runs_dir=args.runs_dir, compute_dtype=args.compute_dtype,
-                   show_bar=not args.no_bar)
+    lm = JaxNanoLM(run=args.run, state_dict=args.state_dict, model_dir=args.model_dir, preset=args.model,
+                   framework=args.framework, batch_size=args.batch_size, runs_dir=args.runs_dir,
+                   compute_dtype=args.compute_dtype, show_bar=not args.no_bar)
     scores = task_scores.run_tasks(lm, built, manager=manager, limit=limit, num_fewshot=args.num_fewshot)
     name = output_name(args)
     md, js = task_scores.write(args.results_dir, name, scores)

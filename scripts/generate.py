@@ -3,10 +3,12 @@
     python scripts/generate.py --run smoke-jax --prompt "The history of"
     python scripts/generate.py --state-dict model.pt --prompts prompts.txt --greedy
     python scripts/generate.py --state-dict model.pt --framework torch --prompt "Once upon a time"
+    python scripts/generate.py --model-dir exports/smoke-jax --prompt "Hello"   # a transformers folder
     python scripts/generate.py --model small --prompt "Hello"              # a fresh, untrained model
 
 Weights: `--run NAME` (the latest checkpoint of runs/NAME), `--state-dict PATH` (a PyTorch state_dict of this
-project or upstream's model.pt) or `--model PRESET` alone (a fresh model). Prompts are encoded with the SmolLM2
+project, upstream's model.pt or a .safetensors), `--model-dir DIR` (a transformers folder that
+scripts/export.py wrote) or `--model PRESET` alone (a fresh model). Prompts are encoded with the SmolLM2
 tokenizer; one prompt is streamed as it is produced, several are printed prompt by prompt.
 """
 
@@ -30,7 +32,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
     w = p.add_argument_group("weights (one of)")
     w.add_argument("--run", default=None, help="the latest checkpoint of runs/NAME")
-    w.add_argument("--state-dict", default=None, metavar="PATH", help="a PyTorch state_dict or upstream's model.pt")
+    w.add_argument("--state-dict", default=None, metavar="PATH",
+                   help="a PyTorch state_dict, upstream's model.pt or a .safetensors")
+    w.add_argument("--model-dir", default=None, metavar="DIR", help="a transformers folder (scripts/export.py)")
     w.add_argument("--model", default=None, metavar="PRESET",
                    help=f"alone: a fresh model of this preset; with --state-dict: the preset it must fit "
                         f"({', '.join(PRESETS)})")
@@ -146,10 +150,11 @@ def main(argv=None) -> int:
     check_sampling(temperature, args.top_k, args.top_p)
     if args.max_new_tokens <= 0 or args.batch_size <= 0:
         raise GenerationError("--max-new-tokens and --batch-size must be positive")
-    if args.run is not None and args.state_dict is not None:
-        raise GenerationError("--run and --state-dict conflict; pass one source of weights")
-    if args.run is None and args.state_dict is None and args.model is None:
-        raise GenerationError("no weights: pass --run NAME, --state-dict PATH or --model PRESET")
+    sources = [args.run, args.state_dict, args.model_dir]
+    if sum(x is not None for x in sources) > 1:
+        raise GenerationError("--run, --state-dict and --model-dir conflict; pass one source of weights")
+    if all(x is None for x in sources) and args.model is None:
+        raise GenerationError("no weights: pass --run NAME, --state-dict PATH, --model-dir DIR or --model PRESET")
     prompts = read_prompts(args)
 
     import jax
@@ -157,7 +162,8 @@ def main(argv=None) -> int:
     use_compilation_cache()
     from jax_nano.interop.weights import load_model
 
-    model, cfg = load_model(run=args.run, state_dict=args.state_dict, preset=args.model, runs_dir=args.runs_dir)
+    model, cfg = load_model(run=args.run, state_dict=args.state_dict, model_dir=args.model_dir, preset=args.model,
+                            runs_dir=args.runs_dir)
     ids, max_new = encode(prompts, cfg, args.max_new_tokens)
     batch_size = min(args.batch_size, len(ids))
     gen = build_generator(args, batch_size, max_new, list(map(len, ids)), cfg, model)

@@ -33,7 +33,9 @@ def parser() -> argparse.ArgumentParser:
                    help="--resume, but if the latest checkpoint fails its checksums, continue from the newest one\n"
                         "that verifies (the failing ones are moved to runs/<run>/damaged-checkpoints/)")
     p.add_argument("--stop-after", type=int, default=None, help="end this session after N steps, checkpointed")
-    p.add_argument("--init-from", default=None, help="PyTorch state_dict or upstream's model.pt to start from")
+    p.add_argument("--init-from", default=None,
+                   help="weights to start from: a PyTorch state_dict, upstream's model.pt, a .safetensors\n"
+                        "or a transformers folder (scripts/export.py)")
     p.add_argument("--export-torch", default=None, help="save the final weights as a PyTorch state_dict here")
     p.add_argument("--export-format", default="plain", choices=("plain", "upstream"),
                    help="--export-torch writes a bare state_dict (plain) or upstream's model.pt layout")

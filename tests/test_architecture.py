@@ -26,6 +26,9 @@ TORCH = ("torch",)
 LAYERS = {"configs": 0, "core": 1, "data": 2, "interop": 4, "run": 5, "evaluate": 6, "bench": 6, "plan": 6}
 IMPLEMENTATION = 3
 FRAMEWORK_FREE = ("configs", "jax_nano.core", "jax_nano.data", "jax_nano.run")
+# The optional `hf` extra: imported inside functions only, and only by the modules that read or write its formats.
+HF = ("transformers", "safetensors", "accelerate")
+HF_MODULES = ("jax_nano.interop.hf", "jax_nano.interop.hf_export", "jax_nano.interop.weights")
 
 
 def module_name(path: Path) -> str:
@@ -121,6 +124,8 @@ def test_framework_imports_stay_in_their_rooms(name):
         assert not {r for r, _ in roots if r in TORCH}, f"{name} (the JAX implementation) imports torch"
     if name.startswith("torch_ref"):
         assert not {r for r, _ in roots if r in JAX}, f"{name} (the PyTorch reference) imports JAX"
+    assert not {r for r, top in roots if top and r in HF}, f"{name} imports the optional hf extra at module level"
+    assert name in HF_MODULES or not {r for r, _ in roots if r in HF}, f"{name} imports the hf extra"
 
 
 def run_without(blocked: tuple, code: str, cwd=ROOT) -> subprocess.CompletedProcess:

@@ -3,6 +3,8 @@ invisible, seeded sampling repeats, and a whole generation compiles one prefill 
 
 import importlib.util
 import shutil
+import sys
+import types
 from pathlib import Path
 
 import jax
@@ -168,11 +170,16 @@ def test_stop_ids_end_a_row_and_on_token_streams(jax_gen):
         gen.generate([[1] * 40], max_new_tokens=10)
 
 
-def test_upstream_export_loads_the_way_upstreams_trainer_loads_it(trained_run, jax_gen, tmp_path):
+def test_upstream_export_loads_the_way_upstreams_trainer_loads_it(trained_run, jax_gen, tmp_path, monkeypatch):
     summary, runs_dir, path = trained_run
+    # The config is pickled as upstream's own class, which upstream's checkout has; here a stand-in.
+    upstream = types.ModuleType("configs.llm_config")
+    upstream.BlueberryConfig = type("BlueberryConfig", (), {})
+    monkeypatch.setitem(sys.modules, upstream.__name__, upstream)
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     assert set(ckpt) == {"model_state_dict", "config", "metrics", "step"} and ckpt["step"] == summary["steps"]
-    assert ckpt["metrics"]["val_loss"] == summary["val_loss"] and ckpt["config"]["name"] == "tiny"
+    assert ckpt["metrics"]["val_loss"] == summary["val_loss"]
+    assert (ckpt["config"].d_model, ckpt["config"].n_layers) == (64, 2)
     model = MinimalLLM(get_model_config("tiny"))
     model.load_state_dict(ckpt["model_state_dict"])  # strict, as upstream does
     with torch.no_grad():

@@ -79,14 +79,14 @@ def engine_for(model):
     return TorchEngine(model)
 
 
-def load_engine(*, run=None, state_dict=None, preset=None, framework="jax", runs_dir="runs",
-                 compute_dtype="float32"):
-    """An engine for saved weights (a run's checkpoint, a PyTorch state_dict) or a fresh preset."""
+def load_engine(*, run=None, state_dict=None, model_dir=None, preset=None, framework="jax", runs_dir="runs",
+                compute_dtype="float32"):
+    """An engine for saved weights (a run's checkpoint, a weights file, a transformers folder) or a fresh preset."""
     from jax_nano.interop.weights import load_model
 
     if framework not in ("jax", "torch"):
         raise EvalError(f"unknown framework {framework!r}; choose jax or torch")
-    model, _ = load_model(run=run, state_dict=state_dict, preset=preset, runs_dir=runs_dir,
+    model, _ = load_model(run=run, state_dict=state_dict, model_dir=model_dir, preset=preset, runs_dir=runs_dir,
                           compute_dtype=compute_dtype)
     if framework == "jax":
         return JaxEngine(model)
@@ -101,12 +101,14 @@ def load_engine(*, run=None, state_dict=None, preset=None, framework="jax", runs
 class JaxNanoLM(TemplateLM):
     """lm-eval's model interface over a jax-nano (or torch_ref) model.
 
-    `model`: a `GPT` or `MinimalLLM` already built; otherwise `run`, `state_dict` or `preset` (with `framework`)
+    `model`: a `GPT` or `MinimalLLM` already built; otherwise `run`, `state_dict`, `model_dir` or `preset` (with
+    `framework`)
     load one through `jax_nano.interop.weights.load_model`. `tokenizer`: anything with `encode(str) -> list[int]`,
     `decode(list[int]) -> str`, `eot_id` and `vocab_size`; the SmolLM2 tokenizer by default.
     """
 
-    def __init__(self, model=None, *, run=None, state_dict=None, preset=None, framework="jax", tokenizer=None,
+    def __init__(self, model=None, *, run=None, state_dict=None, model_dir=None, preset=None, framework="jax",
+                 tokenizer=None,
                  batch_size=DEFAULT_BATCH_SIZE, max_length=None, max_gen_toks=DEFAULT_MAX_GEN_TOKS,
                  runs_dir="runs", compute_dtype="float32", show_bar=True):
         super().__init__()
@@ -117,8 +119,8 @@ class JaxNanoLM(TemplateLM):
         if model is not None:
             self.engine = engine_for(model)
         else:
-            self.engine = load_engine(run=run, state_dict=state_dict, preset=preset, framework=framework,
-                                      runs_dir=runs_dir, compute_dtype=compute_dtype)
+            self.engine = load_engine(run=run, state_dict=state_dict, model_dir=model_dir, preset=preset,
+                                      framework=framework, runs_dir=runs_dir, compute_dtype=compute_dtype)
         cfg = self.engine.cfg
         self.text_tokenizer = tokenizer if tokenizer is not None else SmolLM2Tokenizer()
         if self.text_tokenizer.vocab_size > cfg.vocab_size:

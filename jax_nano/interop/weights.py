@@ -8,6 +8,8 @@ containers and plain values are rebuilt; any other class or function the file na
 are used; the model's shape is inferred from them, not from the pickled config.
 """
 
+import dataclasses
+import json
 import pickle
 import types
 import zipfile
@@ -21,9 +23,17 @@ import torch
 from flax import nnx
 
 from configs.errors import UserError
-from configs.model import PRESETS, ModelConfig, get_model_config
+from configs.model import PRESETS, ConfigError, ModelConfig, get_model_config
 from jax_nano.checkpoint import Checkpoints
-from jax_nano.layout import ConversionError, check_state_dict, from_upstream, is_fused, load_params, match_layout
+from jax_nano.layout import (
+    ConversionError,
+    check_state_dict,
+    from_upstream,
+    is_fused,
+    load_params,
+    match_layout,
+    to_upstream,
+)
 from jax_nano.model import GPT
 from torch_ref.tensors import numpy_state_dict
 
@@ -107,8 +117,15 @@ def read_checkpoint(path) -> dict:
     """The whole file as plain values: `{"model_state_dict": {name: tensor}, "config", "metrics", "step"}`
     (the last three None for a bare state_dict). Names lose the `_orig_mod.` prefix of torch.compile."""
     path = Path(path)
+    if path.is_dir():
+        from jax_nano.interop.hf import read_folder
+
+        state_dict, cfg = read_folder(path)
+        return {"model_state_dict": state_dict, "config": dataclasses.asdict(cfg), "metrics": None, "step": None}
     if not path.is_file():
         raise WeightsError(f"{path}: no such file; pass a PyTorch state_dict or upstream's model.pt")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: the file is empty; pass a PyTorch state_dict or upstream's model.pt")
     try:
@@ -131,27 +148,64 @@ def read_checkpoint(path) -> dict:
     return {"model_state_dict": state_dict, **extras}
 
 
+def _read_safetensors(path: Path) -> dict:
+    """A state_dict in upstream's names saved as safetensors (scripts/export.py --format safetensors)."""
+    from jax_nano.interop.hf import require
+
+    require("safetensors")
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            state_dict = {name: f.get_tensor(name) for name in f.keys()}
+        config = json.loads(meta["jax_nano_config"]) if "jax_nano_config" in meta else None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise WeightsError(f"{path}: is truncated or damaged or not safetensors ({_first_line(e)})") from None
+    if not state_dict:
+        raise WeightsError(f"{path}: holds no tensors; pass a model's state_dict")
+    return {"model_state_dict": {k.removeprefix(COMPILE_PREFIX): v for k, v in state_dict.items()},
+            "config": config, "metrics": None, "step": None}
+
+
 def read_state_dict(path) -> dict:
     """Parameter name -> tensor from ours or upstream's file, without the `_orig_mod.` prefix."""
     return read_checkpoint(path)["model_state_dict"]
 
 
-def infer_config(state_dict: dict, where="state_dict") -> ModelConfig:
-    """The preset whose shapes the tensors have, in the file's attention layout (fused or not)."""
+# The context of upstream's configs and of every 49152-token preset: what a file that names none gets.
+DEFAULT_MAX_SEQ_LEN = 2048
+
+
+def infer_config(state_dict: dict, where="state_dict", saved=None) -> ModelConfig:
+    """The model the tensors describe, in the file's attention layout (fused or not): the preset with these shapes,
+    or else a model named "custom" of exactly these shapes. The tensors fix every shape; the context length and
+    RoPE base, which no tensor has, come from the file's saved config `saved` when it gives them."""
     try:
         vocab, d = state_dict["token_embedding.weight"].shape
         blocks = {int(k.split(".")[1]) for k in state_dict if k.startswith("transformer_blocks.")}
         head_dim = state_dict["transformer_blocks.0.attention.q_norm.weight"].shape[0]
         d_ff = state_dict["transformer_blocks.0.feed_forward.up_proj.weight"].shape[0]
+        fused = "transformer_blocks.0.attention.qkvo_proj" in state_dict
+        kv_dim = ((state_dict["transformer_blocks.0.attention.qkvo_proj"].shape[0] - 2 * d) // 2 if fused
+                  else state_dict["transformer_blocks.0.attention.k_proj.weight"].shape[0])
     except (KeyError, ValueError, IndexError) as e:
         raise WeightsError(f"{where}: not a Blueberry model's state_dict ({_first_line(e)})") from None
     mlp = "swiglu" if "transformer_blocks.0.feed_forward.gate_proj.weight" in state_dict else "relu2"
-    found = (d, len(blocks), d // head_dim, d_ff, vocab, mlp)
+    shapes = {"d_model": d, "n_layers": len(blocks), "n_heads": d // max(head_dim, 1),
+              "n_kv_heads": kv_dim // max(head_dim, 1), "d_ff": d_ff, "vocab_size": vocab, "mlp": mlp}
     for cfg in PRESETS.values():
-        if (cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.d_ff, cfg.vocab_size, cfg.mlp) == found:
-            return cfg.replace(fused_qkvo=is_fused(state_dict))
-    raise WeightsError(f"{where}: no preset has these shapes (d_model={d}, n_layers={len(blocks)}, d_ff={d_ff}, "
-                       f"vocab={vocab}, mlp={mlp}); choose one of {', '.join(PRESETS)}")
+        if all(getattr(cfg, k) == v for k, v in shapes.items()):
+            return cfg.replace(fused_qkvo=fused)
+    saved = saved if isinstance(saved, dict) else {}
+    extra = {"max_seq_len": DEFAULT_MAX_SEQ_LEN}
+    for field, kind in (("max_seq_len", int), ("rope_base", float)):
+        if isinstance(saved.get(field), (int, float)) and not isinstance(saved.get(field), bool):
+            extra[field] = kind(saved[field])
+    try:
+        return ModelConfig(name="custom", fused_qkvo=fused, **shapes, **extra)
+    except ConfigError as e:
+        raise WeightsError(f"{where}: its tensors describe no model of this project ({e})") from None
 
 
 def fit_state_dict(state_dict: dict, cfg: ModelConfig, where="state_dict") -> dict:
@@ -208,31 +262,47 @@ def restore_params(run_dir) -> tuple[dict, dict]:
     return _unwrap(tree["params"]), fingerprint
 
 
-def load_model(*, run=None, state_dict=None, preset=None, runs_dir="runs", compute_dtype="float32"):
-    """(GPT, ModelConfig) from the latest checkpoint of runs_dir/`run`, from a PyTorch state_dict file
-    (`state_dict`; its preset inferred from the shapes unless `preset` names one), or fresh of `preset`.
-    Parameters are float32 whatever they were saved in; `compute_dtype` is the matmul dtype."""
-    if sum(x is not None for x in (run, state_dict)) > 1 or (run is None and state_dict is None and preset is None):
-        raise WeightsError("choose the weights: a run, a state_dict file, or a preset for a fresh model")
+def load_weights(*, run=None, state_dict=None, model_dir=None, preset=None, runs_dir="runs"):
+    """(weights, ModelConfig): the weights (upstream's names, numpy arrays in the config's attention layout, with
+    the tied `lm_head.weight`) of the latest checkpoint of runs_dir/`run`, of a weights file (`state_dict`: a
+    PyTorch state_dict, upstream's model.pt or a .safetensors) or of a transformers folder (`model_dir`, as
+    scripts/export.py writes it); None for a fresh model of `preset`. A file's model is the one its tensors
+    describe (a preset when one has these shapes) unless `preset` names one."""
+    sources = sum(x is not None for x in (run, state_dict, model_dir))
+    if sources > 1 or (sources == 0 and preset is None):
+        raise WeightsError("choose the weights: a run, a state_dict file, a model folder, or a preset for a fresh "
+                           "model")
+    if model_dir is not None and not Path(model_dir).is_dir():
+        raise WeightsError(f"{model_dir}: no such folder; pass a folder written by scripts/export.py --format hf")
+    source = state_dict if state_dict is not None else model_dir
     if run is not None:
         params, fingerprint = restore_params(Path(runs_dir) / run)
         cfg = get_model_config(preset or fingerprint["model"])
-    elif state_dict is not None:
-        tensors = read_state_dict(state_dict)
-        if preset is None:
-            cfg = infer_config(tensors, where=state_dict)
-        else:
-            cfg = get_model_config(preset).replace(fused_qkvo=is_fused(tensors))
-        params = from_upstream(fit_state_dict(tensors, cfg, where=state_dict), cfg)
+        model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
+        _check_shapes(params, nnx.to_pure_dict(nnx.state(model, nnx.Param)), run, cfg)
+        return to_upstream(params, cfg), cfg
+    if source is None:
+        return None, get_model_config(preset)
+    checkpoint = read_checkpoint(source)
+    tensors = checkpoint["model_state_dict"]
+    if preset is None:
+        cfg = infer_config(tensors, where=source, saved=checkpoint["config"])
     else:
-        cfg, params = get_model_config(preset), None
+        cfg = get_model_config(preset).replace(fused_qkvo=is_fused(tensors))
+    return fit_state_dict(tensors, cfg, where=source), cfg
+
+
+def load_model(*, run=None, state_dict=None, model_dir=None, preset=None, runs_dir="runs", compute_dtype="float32"):
+    """(GPT, ModelConfig) of the weights `load_weights` finds (the same arguments), or fresh of `preset`.
+    Parameters are float32 whatever they were saved in; `compute_dtype` is the matmul dtype."""
+    weights, cfg = load_weights(run=run, state_dict=state_dict, model_dir=model_dir, preset=preset,
+                                runs_dir=runs_dir)
     cfg = cfg.replace(compute_dtype=compute_dtype, param_dtype="float32", loss_chunk=0)
-    if params is None:
+    if weights is None:
         return GPT(cfg, rngs=nnx.Rngs(0)), cfg
     # Shapes only: the loaded weights replace every parameter, so none is initialized.
     model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
-    _check_shapes(params, nnx.to_pure_dict(nnx.state(model, nnx.Param)), run or state_dict, cfg)
-    load_params(model, params)
+    load_params(model, from_upstream(weights, cfg))
     return model, cfg
 
 
