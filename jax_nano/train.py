@@ -153,8 +153,8 @@ class JaxTrainer:
             raise TrainerError("no step to rewind: only a loss track keeps the state before its last step")
         self.state, self._before_last = self._before_last, None
 
-    def read(self, metrics) -> tuple[float, float]:
-        got = jax.device_get(metrics)
+    def read(self, handle) -> tuple[float, float]:
+        got = jax.device_get(handle)
         return float(got["loss"]), float(got["param_norm"])
 
     def sync(self):

@@ -28,6 +28,7 @@ class RunLock:
         self._fd = None
 
     def __enter__(self) -> "RunLock":
+        self._created = not self.path.parent.exists()
         with writing(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
@@ -44,6 +45,12 @@ class RunLock:
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # releases the lock; the file stays, so no one races on re-creating it
-            self._fd = None
+        if self._fd is None:
+            return
+        if self._created and os.listdir(self.path.parent) == [self.path.name]:
+            # A run refused before it wrote anything leaves no folder behind; unlinked while still held, so no
+            # second process can hold this file and a new one at once.
+            self.path.unlink()
+            self.path.parent.rmdir()
+        os.close(self._fd)  # releases the lock; otherwise the file stays, so no one races on re-creating it
+        self._fd = None

@@ -72,14 +72,18 @@ def _mib(n: float) -> str:
 
 
 def require_room(folder, need_bytes: int = 0) -> None:
-    """`folder` exists (made if need be), a file can be created in it, and it has `need_bytes` free."""
+    """`folder` can be made, a file can be created in it, and it has `need_bytes` free. What this made to find out
+    is removed again: a run refused later leaves no empty folders behind."""
     folder = Path(folder)
+    made = [p for p in (folder, *folder.parents) if not p.exists()]
     probe = folder / f".write-check-{os.getpid()}-{secrets.token_hex(4)}"
     with writing(folder):
         folder.mkdir(parents=True, exist_ok=True)
         probe.write_bytes(b"")
         probe.unlink()
     free = shutil.disk_usage(folder).free
+    for path in made:  # deepest first
+        path.rmdir()
     if free < need_bytes:
         raise StorageError(f"cannot write {folder}: disk full ({_mib(free)} free, a checkpoint of this run needs "
                            f"about {_mib(need_bytes)}); {_FIX['disk full']}")

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_second_process_is_refused_naming_the_holder_and_a_dead_holder_does_not_block(tmp_path):
+    (tmp_path / "run").mkdir()  # a run folder that exists already keeps its lock file
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(ROOT)!r})
@@ -33,9 +34,11 @@ def test_a_second_process_is_refused_naming_the_holder_and_a_dead_holder_does_no
         assert (tmp_path / "run" / ".lock").read_text().strip() != str(holder.pid)
 
 
-def test_the_lock_is_held_only_inside_the_block(tmp_path):
-    with RunLock(tmp_path, "r"):
+def test_the_lock_is_held_only_inside_the_block_and_leaves_no_folder_it_alone_made(tmp_path):
+    with RunLock(tmp_path / "r", "r"):
         with pytest.raises(RunInUse):
-            RunLock(tmp_path, "r").__enter__()
-    with RunLock(tmp_path, "r"):
-        pass
+            RunLock(tmp_path / "r", "r").__enter__()
+    assert not (tmp_path / "r").exists()
+    with RunLock(tmp_path / "r", "r"):
+        (tmp_path / "r" / "checkpoints").mkdir()
+    assert (tmp_path / "r" / ".lock").is_file()
