@@ -109,7 +109,7 @@ def build(root: Path, out: Path, target: Target, frameworks, data=(), max_mb=Non
         raise BundleError(f"--max-mb {max_mb:g} must be positive")
     stores = check_stores(list(data))
     requirements, _, pins = wheels.project_metadata(root)
-    decisions = wheels.resolve(wheels.decide(requirements, target, frameworks, pins), target, pip)
+    decisions = wheels.decide(requirements, target, frameworks, pins)
     tokenizer.load()  # before any copying: a missing tokenizer is a one-line error, nothing half-built
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
@@ -122,7 +122,7 @@ def build(root: Path, out: Path, target: Target, frameworks, data=(), max_mb=Non
             shutil.copytree(path, tmp / "processed_data" / name)
         write_run_sh(tmp / "run.sh", target)
         check_limit(sizes(tmp), max_mb, " before its wheels")
-        wheels.download(decisions, target, tmp / "wheels", pip)
+        decisions = wheels.resolve(decisions, target, tmp / "wheels", pip)
         parts = sizes(tmp)
         check_limit(parts, max_mb, "")
         manifest = {"target": {"name": target.name, "python": target.python, "platforms": target.platforms(),

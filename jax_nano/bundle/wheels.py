@@ -11,8 +11,8 @@ the ranges are what the project supports.
 
 from __future__ import annotations
 
-import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from packaging.requirements import Requirement
-from packaging.utils import canonicalize_name
+from packaging.utils import canonicalize_name, parse_wheel_filename
 from packaging.version import InvalidVersion, Version
 
 from jax_nano.bundle.targets import BundleError, Target
@@ -132,47 +132,39 @@ def pip_failure(proc: subprocess.CompletedProcess, target: Target) -> BundleErro
     return BundleError(f"pip failed for {where}: {last}")
 
 
-def resolve(decisions: list[Decision], target: Target, pip: Pip = run_pip) -> list[Decision]:
-    """The carried requirements and their dependencies the target lacks, each with the version pip picks for the
-    target, the kept versions held fixed. Returns the decisions with versions filled in, new ones appended."""
+def resolve(decisions: list[Decision], target: Target, dest: Path, pip: Pip = run_pip) -> list[Decision]:
+    """Download the carried requirements and the dependencies the target lacks into `dest`, each in the version
+    pip picks for the target with the kept versions held fixed. Returns the decisions with the carried versions
+    filled in and one more for each carried dependency.
+
+    `pip download` resolves: it honours --python-version in every check, which `pip install --dry-run --target`
+    does not before pip 24 (it tests Requires-Python against the running interpreter and backtracks to old
+    releases). It also fetches the target's versions of what the carried wheels depend on; those are dropped."""
     carry = [d for d in decisions if d.action == "carry"]
     if not carry:
         return decisions
-    kept = {d.name for d in decisions if d.action != "carry"}
+    carried = {d.name for d in carry}
+    dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="bundle-resolve-") as tmp:
         constraints = Path(tmp) / "target.txt"
         # The target's own versions, except those being replaced: pip then resolves around what is installed.
         constraints.write_text("".join(f"{name}=={version}\n" for name, version in target.packages.items()
-                                       if version and name not in {d.name for d in carry}))
-        report = Path(tmp) / "report.json"
-        args = ["install", "--dry-run", "--ignore-installed", "--quiet", "--target", str(Path(tmp) / "none"),
-                "--report", str(report), "-c", str(constraints), *_platform_args(target),
-                *[f"{d.name}{d.spec}" for d in carry]]
-        proc = pip(args)
+                                       if version and name not in carried))
+        proc = pip(["download", "--quiet", "-d", str(Path(tmp) / "wheels"), "-c", str(constraints),
+                    *_platform_args(target), *[f"{d.name}{d.spec}" for d in carry]])
         if proc.returncode != 0:
             raise pip_failure(proc, target)
-        installs = json.loads(report.read_text())["install"]
-    picked = {canonicalize_name(i["metadata"]["name"]): i["metadata"]["version"] for i in installs}
+        picked = {}
+        for wheel in sorted((Path(tmp) / "wheels").glob("*.whl")):
+            name, version, _, _ = parse_wheel_filename(wheel.name)
+            if name in carried or target.version(name) is None:
+                picked[name] = str(version)
+                shutil.move(wheel, dest / wheel.name)
     out = [Decision(d.name, d.spec, d.target, d.action, d.why, picked.get(d.name, "")) if d.action == "carry" else d
            for d in decisions]
     named = {d.name for d in out}
     for name, version in sorted(picked.items()):
-        if name in named or name in kept or target.version(name) == version:
+        if name in named:
             continue
-        have = target.version(name)
-        why = "a dependency of a carried wheel" + ("" if have is None else f"; the target's {have or 'unknown'} "
-                                                                           "does not fit it")
-        out.append(Decision(name, "", have, "carry", why, version))
+        out.append(Decision(name, "", None, "carry", "a dependency of a carried wheel that the target lacks", version))
     return out
-
-
-def download(decisions: list[Decision], target: Target, dest: Path, pip: Pip = run_pip) -> list[Path]:
-    """The carried wheels, exactly as resolved, into `dest` (no dependencies: `resolve` listed them all)."""
-    wanted = [f"{d.name}=={d.version}" for d in decisions if d.action == "carry"]
-    if not wanted:
-        return []
-    dest.mkdir(parents=True, exist_ok=True)
-    proc = pip(["download", "--no-deps", "--quiet", "-d", str(dest), *_platform_args(target), *wanted])
-    if proc.returncode != 0:
-        raise pip_failure(proc, target)
-    return sorted(dest.glob("*.whl"))

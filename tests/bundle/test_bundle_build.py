@@ -36,19 +36,16 @@ def freeze_target(tmp_path, text=FREEZE) -> Target:
 
 
 def fake_pip(picked: dict, calls: list):
-    """A pip that 'resolves' to `picked` (name -> version) and 'downloads' one small file per pin."""
+    """A pip whose `download` 'resolves' to `picked` (name -> version): one small wheel file each."""
 
     def pip(args):
         calls.append(args)
-        if args[0] == "install":
-            report = Path(args[args.index("--report") + 1])
-            report.write_text(json.dumps({"install": [{"metadata": {"name": n, "version": v}}
-                                                      for n, v in picked.items()]}))
-        else:
-            dest = Path(args[args.index("-d") + 1])
-            for pin in (a for a in args if "==" in a):
-                name, version = pin.split("==")
-                (dest / f"{name}-{version}-py3-none-any.whl").write_bytes(b"x" * 1000)
+        if "-c" in args:  # the target's versions, read while the file exists
+            calls.append(Path(args[args.index("-c") + 1]).read_text())
+        dest = Path(args[args.index("-d") + 1])
+        dest.mkdir(parents=True, exist_ok=True)
+        for name, version in picked.items():
+            (dest / f"{name}-{version}-py3-none-any.whl").write_bytes(b"x" * 1000)
         return subprocess.CompletedProcess(args, 0, "", "")
 
     return pip
@@ -102,15 +99,16 @@ def test_resolution_holds_the_target_fixed_and_adds_missing_dependencies(tmp_pat
     target = freeze_target(tmp_path)
     decisions = wheels.decide([Requirement("flax>=0.12,<0.13"), Requirement("jax>=0.10")], target, ("jax",))
     calls = []
-    out = wheels.resolve(decisions, target, fake_pip({"flax": "0.12.12", "jax": "0.11.2", "rich": "15.0.0"}, calls))
+    pip = fake_pip({"flax": "0.12.12", "jax": "0.11.2", "rich": "15.0.0", "numpy": "2.5.2"}, calls)
+    out = wheels.resolve(decisions, target, tmp_path / "w", pip)
     got = {d.name: d for d in out}
     assert got["flax"].version == "0.12.12" and got["rich"].action == "carry" and "dependency" in got["rich"].why
-    assert "jax" in got and got["jax"].action == "keep" and not got["jax"].version
-    args = calls[0]
-    assert "--python-version" in args and args[args.index("--abi") + 1] == "cp312" and "flax<0.13,>=0.12" in args
-    wheels_dir = tmp_path / "w"
-    files = wheels.download(out, target, wheels_dir, fake_pip({}, calls))
-    assert sorted(f.name.split("-")[0] for f in files) == ["flax", "rich"] and "--no-deps" in calls[-1]
+    assert got["jax"].action == "keep" and not got["jax"].version and "numpy" not in got
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "w").iterdir()) == ["flax", "rich"]
+    args, constraints = calls
+    assert args[0] == "download" and args[args.index("--abi") + 1] == "cp312" and "flax<0.13,>=0.12" in args
+    assert "jax==0.11.2\n" in constraints and "torch==2.11.0+cu130\n" in constraints
+    assert "flax" not in constraints and "some-pkg" not in constraints  # replaced, and of unknown version
 
 
 @pytest.mark.parametrize("stderr,message", [
