@@ -219,3 +219,19 @@ def test_the_shipped_tokenizer_json_loads_without_the_gguf(tmp_path, monkeypatch
     monkeypatch.setenv(tokenizer.TOKENIZER_ENV, str(tmp_path / "tokenizer.json"))
     monkeypatch.setattr(tokenizer, "gguf_path", lambda: pytest.fail("read the GGUF"))
     assert tokenizer.encode_batch(["Hello world 2024"]) == [[19556, 905, 216, 34, 32, 34, 36]]
+
+
+def test_only_data_conversion_imports_datasets_and_gguf():
+    """A bundle's target lacks both: every other module must import without them."""
+    import ast
+
+    users = {}
+    sources = (p for root in ("configs", "jax_nano", "torch_ref", "scripts") for p in (ROOT / root).rglob("*.py"))
+    for path in sorted(sources):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            for name in names:
+                if name.split(".")[0] in wheels.NOT_NEEDED:
+                    users.setdefault(name.split(".")[0], set()).add(path.relative_to(ROOT).as_posix())
+    assert users == {"datasets": {"jax_nano/data/sources.py"}, "gguf": {"jax_nano/data/tokenizer.py"}}
