@@ -23,7 +23,8 @@ TORCH = ("torch",)
 # jax_nano/ subpackages by layer; a module straight under jax_nano/ is the JAX implementation (layer 3, beside
 # torch_ref/). A module may import only from its own layer or below, and the two implementations never import
 # each other.
-LAYERS = {"configs": 0, "core": 1, "data": 2, "interop": 4, "run": 5, "evaluate": 6, "bench": 6, "plan": 6}
+LAYERS = {"configs": 0, "core": 1, "data": 2, "interop": 4, "run": 5, "evaluate": 6, "bench": 6, "plan": 6,
+          "bundle": 6}
 IMPLEMENTATION = 3
 FRAMEWORK_FREE = ("configs", "jax_nano.core", "jax_nano.data", "jax_nano.run")
 # The optional `hf` extra: imported inside functions only, and only by the modules that read or write its formats.

