@@ -169,6 +169,7 @@ def test_cli_bad_input_is_a_one_line_error(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.long
 def test_smoke_suite_runs_every_row_on_the_cpu(tmp_path):
     # A generous budget: this checks the suite, not the speed of a shared CI machine. One repeat: every kind of row
     # runs (each case in both frameworks, every lever), in the fewest processes.

@@ -123,6 +123,7 @@ def test_throughput_mode_times_the_tracks_own_program(toy_track):
 # -- the real thing, on CPU ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.long
 def test_head_to_head_runs_both_frameworks_from_the_same_weights(toy_track, tmp_path):
     track = toy_track(target_tokens=8 * 64 * 10, eval_batches=1)
     lines = []

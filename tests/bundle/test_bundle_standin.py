@@ -3,8 +3,7 @@ Python 3.12 venv holding only part of the preset's packages (CPU wheels, no PyTo
 Python 3.12 are CUDA builds of several GB, so the stand-in runs JAX alone), `run.sh smoke` trains there and
 writes its summary under the output folder.
 
-Heavy (a Python 3.12 venv, about 250 MB of downloads): skipped unless JAX_NANO_STANDIN=1, as README's third test
-command sets.
+Long (a Python 3.12 venv, about 250 MB of downloads): marked `long`, so only README's third test command runs it.
 """
 
 import glob
@@ -38,8 +37,7 @@ def python312() -> str | None:
 
 
 pytestmark = [
-    pytest.mark.skipif(os.environ.get("JAX_NANO_STANDIN") != "1",
-                       reason="builds a Python 3.12 venv, downloads ~250 MB: set JAX_NANO_STANDIN=1 (README, Tests)"),
+    pytest.mark.long,
     pytest.mark.skipif(python312() is None, reason="no Python 3.12 (python3.12 on PATH or under ~/.pyenv/versions)"),
 ]
 
