@@ -118,9 +118,7 @@ def main(argv=None) -> int:
     if jax.process_index() != 0:
         return 0
     if not summary["finished"]:
-        given = list(sys.argv[1:] if argv is None else argv)
-        again = shlex.join(["python", "scripts/speedrun.py", *given,
-                            *([] if args.resume else ["--resume"])])
+        again = shlex.join(["python", "scripts/speedrun.py", *resume_args(sys.argv[1:] if argv is None else argv)])
         saved = f"checkpoint {summary['checkpoint']}" if summary["checkpoint"] else "nothing to save yet"
         if summary["interrupted"]:
             print(f"{summary['interrupted']}: stopped at step {summary['next_step']} ({saved}); continue with: "
@@ -137,6 +135,20 @@ def main(argv=None) -> int:
             leaderboard.append_row(args.leaderboard, track.name, leaderboard.row_from_summary(summary))
         print(f"recorded in {args.leaderboard}")
     return 0
+
+
+def resume_args(given: list) -> list:
+    """The arguments that continue this run: the same ones with --resume, without --init-from (the checkpoint now
+    holds the weights, and the two flags conflict)."""
+    kept, skip = [], False
+    for arg in given:
+        if skip:
+            skip = False
+        elif arg == "--init-from":
+            skip = True
+        elif not arg.startswith("--init-from="):
+            kept.append(arg)
+    return kept if {"--resume", "--resume-from-good"} & set(kept) else [*kept, "--resume"]
 
 
 def stop_code(signal_name: str) -> int:
