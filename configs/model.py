@@ -120,6 +120,17 @@ ELIGIBILITY_BANDS = {
 }
 
 
+# Model fields that change how a step is computed, not what it computes: tracks set them, a run may resume with
+# other values, and a model's shapes never include them.
+SPEED_LEVERS = ("loss_chunk", "remat", "unroll_layers", "attention")
+
+
+def shape_changes(cfg: ModelConfig) -> tuple:
+    """`cfg`'s model fields (not its speed levers) as sorted (field, value) pairs: what a track's `model_changes`
+    holds for a model that is no preset."""
+    return tuple(sorted((f.name, getattr(cfg, f.name)) for f in dataclasses.fields(cfg) if f.name not in SPEED_LEVERS))
+
+
 def get_model_config(name: str, **overrides) -> ModelConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")

@@ -3,7 +3,7 @@
 import dataclasses
 from dataclasses import dataclass
 
-from configs.model import ConfigError, check_attention, check_remat
+from configs.model import ConfigError, ModelConfig, check_attention, check_remat, get_model_config
 from configs.optim import OptimConfig
 
 # Precision policies. "bf16-compute": float32 parameters and optimizer state, bf16 matmuls (the loss-track
@@ -44,6 +44,9 @@ class Track:
     attention: str = "auto"
     # Stop a run whose loss stays no better than uniform or whose weights blow up (jax_nano/core/guard.py).
     divergence_guard: bool = True
+    # A model of no preset (--init-from a file of another size, or a resumed run of one): the fields that replace
+    # the preset's, as (field, value) pairs (configs.model.shape_changes), so the track stays plain data.
+    model_changes: tuple = ()
 
     def __post_init__(self):
         if (self.target_loss is None) == (self.target_tokens is None):
@@ -73,6 +76,11 @@ class Track:
         if not steps:
             raise ConfigError(f"track {self.name!r} has no step budget; set max_tokens or max_steps")
         return steps
+
+    @property
+    def model_config(self) -> ModelConfig:
+        """The model this track trains: its preset, with `model_changes`."""
+        return get_model_config(self.model).replace(**dict(self.model_changes))
 
     @property
     def is_loss_track(self) -> bool:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from configs.errors import UserError
-from configs.model import ModelConfig
+from configs.model import SPEED_LEVERS, ModelConfig
 from configs.tracks import Track
 
 FALLBACK_FLAG = "--resume-from-good"
@@ -24,8 +24,6 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used for this run; one line with the fix."""
 
 
-# Model fields that change how a step is computed, not what it computes: a run may resume with other values.
-SPEED_LEVERS = ("loss_chunk", "remat", "unroll_layers", "attention")
 
 
 def settings(track: Track, cfg: ModelConfig) -> dict:
@@ -45,6 +43,14 @@ def fingerprint(track: Track, cfg: ModelConfig) -> dict:
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return {"digest": digest, "model": cfg.name, "track": track.name, "precision": track.precision,
             "settings": json.loads(json.dumps(settings(track, cfg), default=str))}
+
+
+def saved_model(saved: dict) -> ModelConfig | None:
+    """The model a checkpoint's settings describe (every field but the speed levers), or None for a checkpoint
+    that stores no settings."""
+    if "settings" not in saved:
+        return None
+    return ModelConfig(**{k.removeprefix("model."): v for k, v in saved["settings"].items() if k.startswith("model.")})
 
 
 def _extendable(saved: dict, now: dict) -> bool:

@@ -25,6 +25,7 @@ from flax import nnx
 from configs.errors import UserError
 from configs.model import PRESETS, ConfigError, ModelConfig, get_model_config
 from jax_nano.checkpoint import Checkpoints
+from jax_nano.core.checkpoints import saved_model
 from jax_nano.layout import (
     ConversionError,
     check_state_dict,
@@ -277,7 +278,8 @@ def load_weights(*, run=None, state_dict=None, model_dir=None, preset=None, runs
     source = state_dict if state_dict is not None else model_dir
     if run is not None:
         params, fingerprint = restore_params(Path(runs_dir) / run)
-        cfg = get_model_config(preset or fingerprint["model"])
+        saved = saved_model(fingerprint)  # a run of a model no preset has is known only by its settings
+        cfg = get_model_config(preset) if preset else saved or get_model_config(fingerprint["model"])
         model = nnx.eval_shape(lambda: GPT(cfg, rngs=nnx.Rngs(0)))
         _check_shapes(params, nnx.to_pure_dict(nnx.state(model, nnx.Param)), run, cfg)
         return to_upstream(params, cfg), cfg

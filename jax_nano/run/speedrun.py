@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 
 from configs.errors import UserError
-from configs.model import get_model_config
+from configs.model import shape_changes
 from configs.tracks import Track
 from jax_nano.core import checksums, loop, report, storage
-from jax_nano.core.checkpoints import check_fingerprint, fingerprint
+from jax_nano.core.checkpoints import check_fingerprint, fingerprint, saved_model
 from jax_nano.core.guard import Diverged
 from jax_nano.core.preemption import StopSignals
 from jax_nano.core.runlock import RunLock
@@ -30,6 +30,9 @@ from jax_nano.run.eligibility import in_band
 EXPORT_FORMATS = ("plain", "upstream")
 # framework -> the module and class of its trainer, imported only when a run asks for that framework
 TRAINERS = {"jax": ("jax_nano.train", "JaxTrainer"), "torch": ("torch_ref.train", "TorchTrainer")}
+
+
+CUSTOM = "custom"  # the name of a model no preset has (jax_nano/interop/weights.py `infer_config`)
 
 
 class RunError(UserError):
@@ -44,7 +47,7 @@ def trainer_class(framework: str) -> type[Trainer]:
 
 
 def make_trainer(track: Track, run_dir: Path, init_weights=None, mesh=None) -> Trainer:
-    return trainer_class(track.framework)(track, get_model_config(track.model), run_dir=run_dir,
+    return trainer_class(track.framework)(track, track.model_config, run_dir=run_dir,
                                           init_weights=init_weights, mesh=mesh)
 
 
@@ -103,20 +106,19 @@ def _speedrun(track, framework, built_mesh, processes, run_name, run_dir, result
     if not resume and has_checkpoints:
         raise RunError(f"run {run_name!r} already has checkpoints in {run_dir}; pass --resume to continue it "
                        "or --run-name NAME to start a new one")
-    cfg = get_model_config(track.model)
+    cfg = track.model_config
     if lead:
         storage.require_room(results_dir)
     storage.require_room(run_dir, checkpoint_bytes(cfg, track.precision))
+    init_weights = None
+    if init_from is not None:  # a PyTorch file: reading it takes PyTorch whichever framework trains
+        track, init_weights = _weights_to_start_from(track, init_from, lead)
+        cfg = track.model_config
     store = open_store(track.data, vocab_size=cfg.vocab_size, seq_len=track.seq_len)
     # A token track must not repeat data; a loss track may (it stops when it stops).
     needed = track.total_steps * track.tokens_per_step if not track.is_loss_track else track.tokens_per_step
     require_tokens(store, needed, track.name)
     val_NBT = val_batches(store, track.batch_size, track.eval_batches)
-    init_weights = None
-    if init_from is not None:  # a PyTorch file: reading it takes PyTorch whichever framework trains
-        from jax_nano.interop.weights import fit_state_dict, read_state_dict
-
-        init_weights = fit_state_dict(read_state_dict(init_from), cfg, where=init_from)
 
     trainer = make_trainer(track, run_dir, init_weights, built_mesh)
     # The checksums and the settings are checked before setup, so a resume that cannot work is refused before any
@@ -125,8 +127,13 @@ def _speedrun(track, framework, built_mesh, processes, run_name, run_dir, result
     if resume and step is None:  # only something else under a checkpoint's name, e.g. a file named 4 in a JAX run
         raise RunError(f"--resume: run {run_name!r} has no checkpoint {trainer.framework} can read in {run_dir}")
     if resume:
-        note = check_fingerprint(trainer.saved_fingerprint(step), fingerprint(track, trainer.cfg),
-                                 folder / str(step))
+        saved = trainer.saved_fingerprint(step)
+        model = saved_model(saved)
+        if model is not None and model.name == CUSTOM and not track.model_changes:
+            # A run of a model no preset has (begun with --init-from): its shapes come from its checkpoint.
+            track = track.replace(model_changes=shape_changes(model))
+            trainer = make_trainer(track, run_dir, None, built_mesh)
+        note = check_fingerprint(saved, fingerprint(track, trainer.cfg), folder / str(step))
         if note and lead:
             print(note, file=sys.stderr)
     warm = TrainLoader(store, track.batch_size, track.seed, prefetch=0, **share)
@@ -186,6 +193,23 @@ def _speedrun(track, framework, built_mesh, processes, run_name, run_dir, result
     return summary
 
 
+def _weights_to_start_from(track: Track, init_from, lead: bool) -> tuple[Track, dict]:
+    """(the track, the weights of `init_from`): a file whose tensors describe no preset trains as the model they
+    describe (said in one line); one of a preset must be the track's."""
+    from jax_nano.interop.weights import fit_state_dict, infer_config, read_checkpoint
+
+    checkpoint = read_checkpoint(init_from)
+    tensors = checkpoint["model_state_dict"]
+    found = infer_config(tensors, where=init_from, saved=checkpoint["config"])
+    if found.name == CUSTOM:
+        track = track.replace(model_changes=shape_changes(found))
+        if lead:
+            print(f"--init-from {init_from}: a model of no preset (d_model {found.d_model}, {found.n_layers} layers, "
+                  f"{found.n_heads}/{found.n_kv_heads} heads, d_ff {found.d_ff}, {found.mlp}); training it as it is",
+                  file=sys.stderr)
+    return track, fit_state_dict(tensors, track.model_config, where=init_from)
+
+
 def checkpoint_bytes(cfg, precision: str) -> int:
     """About what one checkpoint takes on disk: the weights and at most two optimizer moments per weight."""
     per_value = 2 if precision == "bf16" else 4
@@ -238,7 +262,7 @@ class _NoLog:
 def summarize(track: Track, facts: dict, progress: loop.Progress, final: dict, setup_s: float, run_name: str,
               compiles: int) -> dict:
     """`facts`: the trainer's (jax_nano/core/trainer.py)."""
-    cfg = get_model_config(track.model)
+    cfg = track.model_config
     steps = progress.next_step
     tokens = steps * track.tokens_per_step
     tokens_per_s = tokens / progress.active_time_s if progress.active_time_s > 0 else 0.0

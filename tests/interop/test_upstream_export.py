@@ -2,6 +2,7 @@
 family fused, as upstream's current revision builds it) with the config pickled as upstream's config class; and
 models of sizes no preset has, taken from the file, through generate, the transformers export and --init-from."""
 
+import json
 import sys
 
 import numpy as np
@@ -110,11 +111,21 @@ def test_init_from_a_transformers_folder_starts_from_its_weights(fresh_exports, 
     summary = speedrun(frozen, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs", show_bar=False,
                        init_from=folder)
     assert summary["weights_sha256"] == weights_sha256(weights)
-    odd = tmp_path / "odd.pt"
-    export_torch(to_upstream(nnx.state(GPT(ODD, rngs=nnx.Rngs(4)), nnx.Param), ODD), odd, "plain", cfg=ODD,
-                 metrics={}, step=0)
-    argv = ["--no-bar", "--model", "tiny", "--data", toy_store, "--seq-len", "64", "--tokens", "512",
-            "--init-from", str(odd), "--results-dir", str(tmp_path / "r"), "--runs-dir", str(tmp_path / "r")]
-    assert run_main(script("speedrun"), argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ") and "model 'tiny'" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_init_from_a_model_of_no_preset_trains_it_resumes_it_and_loads_it_back(toy_store, tmp_path, script, capsys):
+    odd = ODD.replace(vocab_size=512)  # the toy store's vocabulary
+    weights = to_upstream(nnx.state(GPT(odd, rngs=nnx.Rngs(4)), nnx.Param), odd)
+    export_torch(weights, tmp_path / "odd.pt", "upstream", cfg=odd, metrics={}, step=0)  # with its context, 256
+    argv = ["--no-bar", "--model", "tiny", "--data", toy_store, "--seq-len", "64", "--tokens", str(8 * 64 * 2),
+            "--precision", "float32", "--eval-batches", "2", "--warmup-steps", "0", "--muon-lr", "0", "--adamw-lr",
+            "0", "--run-name", "odd", "--results-dir", str(tmp_path / "r"), "--runs-dir", str(tmp_path / "runs")]
+    assert run_main(script("speedrun"), [*argv, "--init-from", str(tmp_path / "odd.pt"), "--stop-after", "1"]) == 0
+    assert "a model of no preset (d_model 96, 3 layers, 3/1 heads, d_ff 160, relu2)" in capsys.readouterr().err
+    assert run_main(script("speedrun"), [*argv, "--resume"]) == 0  # its shapes come from its checkpoint
+    summary = json.loads((tmp_path / "r" / "odd.json").read_text())
+    assert summary["steps"] == 2 and summary["eligible"] is False
+    assert summary["weights_sha256"] == weights_sha256(weights)  # learning rates 0: the weights it started from
+    back, cfg = load_weights(run="odd", runs_dir=tmp_path / "runs")
+    assert (cfg.name, cfg.d_model, cfg.n_layers, cfg.max_seq_len) == ("custom", 96, 3, 256)
+    assert weights_sha256(back) == weights_sha256(weights)
