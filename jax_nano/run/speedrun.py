@@ -106,14 +106,13 @@ def _speedrun(track, framework, built_mesh, processes, run_name, run_dir, result
     if not resume and has_checkpoints:
         raise RunError(f"run {run_name!r} already has checkpoints in {run_dir}; pass --resume to continue it "
                        "or --run-name NAME to start a new one")
-    cfg = track.model_config
     if lead:
         storage.require_room(results_dir)
-    storage.require_room(run_dir, checkpoint_bytes(cfg, track.precision))
     init_weights = None
     if init_from is not None:  # a PyTorch file: reading it takes PyTorch whichever framework trains
         track, init_weights = _weights_to_start_from(track, init_from, lead)
-        cfg = track.model_config
+    cfg = track.model_config
+    storage.require_room(run_dir, checkpoint_bytes(cfg, track.precision))
     store = open_store(track.data, vocab_size=cfg.vocab_size, seq_len=track.seq_len)
     # A token track must not repeat data; a loss track may (it stops when it stops).
     needed = track.total_steps * track.tokens_per_step if not track.is_loss_track else track.tokens_per_step
@@ -176,7 +175,7 @@ def _speedrun(track, framework, built_mesh, processes, run_name, run_dir, result
 
     summary = summarize(track, trainer.facts(), progress, final, setup_s, run_name, compiles)
     summary.update(digests)
-    summary["checkpoint"] = str(folder / str(progress.next_step)) if save_final else None
+    summary["checkpoint"] = str(checkpoint_path(trainer, progress.next_step)) if save_final else None
     # The summary is written before the final checkpoint: a save that fails must not lose the run's result.
     if lead:
         _write_results(summary, progress, track, results_dir)
@@ -210,6 +209,11 @@ def _weights_to_start_from(track: Track, init_from, lead: bool) -> tuple[Track, 
     return track, fit_state_dict(tensors, track.model_config, where=init_from)
 
 
+def checkpoint_path(trainer: Trainer, step: int) -> Path:
+    """Where the trainer's checkpoint of `step` lives: a folder (JAX, orbax) or a file (PyTorch)."""
+    return Path(trainer.run_dir) / "checkpoints" / (f"{step}.pt" if trainer.framework == "torch" else str(step))
+
+
 def checkpoint_bytes(cfg, precision: str) -> int:
     """About what one checkpoint takes on disk: the weights and at most two optimizer moments per weight."""
     per_value = 2 if precision == "bf16" else 4
@@ -226,8 +230,7 @@ def _stop_session(trainer, track, progress, first_step, stop, run_name, results_
         trainer.save(progress)  # (on a checkpoint_every boundary the loop has just saved this step)
     trainer.close()
     # Stopped before its first step, a fresh run has nothing to keep; a resumed one still has its checkpoint.
-    partial["checkpoint"] = str(Path(trainer.run_dir) / "checkpoints" / str(progress.next_step)) if (
-        trained or first_step) else None
+    partial["checkpoint"] = str(checkpoint_path(trainer, progress.next_step)) if trained or first_step else None
     if lead and stop.received:
         with storage.writing(results_dir / f"{run_name}.json"):
             report.write_json_atomic(results_dir / f"{run_name}.json", partial)

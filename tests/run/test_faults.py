@@ -281,7 +281,7 @@ def test_a_signal_saves_a_checkpoint_and_the_resume_matches_an_uninterrupted_run
     assert proc.returncode == 128 + sig, err[-3000:]
     assert "Traceback" not in err, err
     # The loss of step 3 was read with step 4 dispatched (lag 1): the run stops after step 4, at next step 5.
-    saved = Path("runs") / "cut" / "checkpoints" / "5"
+    saved = Path("runs") / "cut" / "checkpoints" / ("5" if framework == "jax" else "5.pt")
     command = "python scripts/speedrun.py " + " ".join(flags) + " --resume"
     assert err.strip().splitlines()[-1] == f"{sig.name}: stopped at step 5 (checkpoint {saved}); continue with: " \
                                            f"{command}", err
