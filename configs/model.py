@@ -120,6 +120,8 @@ ELIGIBILITY_BANDS = {
 }
 
 
+CUSTOM = "custom"  # the name of a model whose shapes no preset has (read from a file or a checkpoint)
+
 # Model fields that change how a step is computed, not what it computes: tracks set them, a run may resume with
 # other values, and a model's shapes never include them.
 SPEED_LEVERS = ("loss_chunk", "remat", "unroll_layers", "attention")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from configs.errors import UserError
-from configs.model import SPEED_LEVERS, ModelConfig
+from configs.model import ModelConfig, shape_changes
 from configs.tracks import Track
 
 FALLBACK_FLAG = "--resume-from-good"
@@ -26,23 +26,18 @@ class CheckpointError(UserError):
 
 
 
-def settings(track: Track, cfg: ModelConfig) -> dict:
-    """What must match between the run that saved and the one that resumes (not the stop rule or logging), by the
-    names a user knows: the optimizer's fields as their flags name them, the model's as `model.<field>`."""
-    model = {f"model.{k}": v for k, v in dataclasses.asdict(cfg).items() if k not in SPEED_LEVERS}
-    return {**model, **dataclasses.asdict(track.optim), "batch_size": track.batch_size, "seq_len": track.seq_len,
-            "seed": track.seed, "data": str(track.data), "total_steps": track.total_steps}
-
-
 def fingerprint(track: Track, cfg: ModelConfig) -> dict:
-    """The settings a checkpoint stores, and their digest (the only thing checkpoints of older versions kept)."""
-    model = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in SPEED_LEVERS}
-    recipe = {"model": model, "optim": dataclasses.asdict(track.optim),
-              "batch_size": track.batch_size, "seq_len": track.seq_len, "seed": track.seed, "data": str(track.data),
-              "total_steps": track.total_steps}
+    """What must match between the run that saved and the one that resumes (not the stop rule or logging): the
+    settings a checkpoint stores, by the names a user knows (the optimizer's fields as their flags name them, the
+    model's as `model.<field>`), and their digest (the only thing checkpoints of older versions kept)."""
+    model, optim = dict(shape_changes(cfg)), dataclasses.asdict(track.optim)
+    run = {"batch_size": track.batch_size, "seq_len": track.seq_len, "seed": track.seed, "data": str(track.data),
+           "total_steps": track.total_steps}
+    recipe = {"model": model, "optim": optim, **run}
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    named = {**{f"model.{k}": v for k, v in model.items()}, **optim, **run}
     return {"digest": digest, "model": cfg.name, "track": track.name, "precision": track.precision,
-            "settings": json.loads(json.dumps(settings(track, cfg), default=str))}
+            "settings": json.loads(json.dumps(named, default=str))}
 
 
 def saved_model(saved: dict) -> ModelConfig | None:

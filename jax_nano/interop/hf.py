@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from configs.errors import UserError
-from configs.model import ConfigError, ModelConfig
+from configs.model import CUSTOM, ConfigError, ModelConfig
 from jax_nano.layout import ConversionError, check_state_dict, is_fused, match_layout
 
 EPS = float(np.finfo(np.float32).eps)
@@ -184,7 +184,7 @@ def _read_json(path: Path, where) -> dict:
     return obj
 
 
-def config_from_hf(config: dict, where="folder", name="custom") -> ModelConfig:
+def config_from_hf(config: dict, where="folder", name=CUSTOM) -> ModelConfig:
     """The ModelConfig of a transformers config.json, or one line naming its first field this model lacks."""
     architectures = config.get("architectures") or [None]
     family = _BY_ARCHITECTURE.get(architectures[0])

@@ -23,7 +23,7 @@ import torch
 from flax import nnx
 
 from configs.errors import UserError
-from configs.model import PRESETS, ConfigError, ModelConfig, get_model_config
+from configs.model import CUSTOM, PRESETS, ConfigError, ModelConfig, get_model_config
 from jax_nano.checkpoint import Checkpoints
 from jax_nano.core.checkpoints import saved_model
 from jax_nano.layout import (
@@ -204,7 +204,7 @@ def infer_config(state_dict: dict, where="state_dict", saved=None) -> ModelConfi
         if isinstance(saved.get(field), (int, float)) and not isinstance(saved.get(field), bool):
             extra[field] = kind(saved[field])
     try:
-        return ModelConfig(name="custom", fused_qkvo=fused, **shapes, **extra)
+        return ModelConfig(name=CUSTOM, fused_qkvo=fused, **shapes, **extra)
     except ConfigError as e:
         raise WeightsError(f"{where}: its tensors describe no model of this project ({e})") from None
 

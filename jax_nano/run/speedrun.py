@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from configs.errors import UserError
-from configs.model import shape_changes
+from configs.model import CUSTOM, shape_changes
 from configs.tracks import Track
 from jax_nano.core import checksums, loop, report, storage
 from jax_nano.core.checkpoints import check_fingerprint, fingerprint, saved_model
@@ -30,9 +30,6 @@ from jax_nano.run.eligibility import in_band
 EXPORT_FORMATS = ("plain", "upstream")
 # framework -> the module and class of its trainer, imported only when a run asks for that framework
 TRAINERS = {"jax": ("jax_nano.train", "JaxTrainer"), "torch": ("torch_ref.train", "TorchTrainer")}
-
-
-CUSTOM = "custom"  # the name of a model no preset has (jax_nano/interop/weights.py `infer_config`)
 
 
 class RunError(UserError):
