@@ -37,7 +37,6 @@ def main(argv=None) -> int:
     target = get_tpu(args.tpu) if args.tpu else get_gpu(args.gpu, args.target_file)
     track = track_from_args(args)
     os.environ["JAX_PLATFORMS"] = "cpu"  # the target is compiled for, never used: no accelerator backend starts
-    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # libtpu asks the host it would run on
     xla_flags.apply_default_flags()
 
     from jax_nano.plan import planner

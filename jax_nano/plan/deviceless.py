@@ -11,6 +11,7 @@ the device: GEMM autotuning is skipped (default tiles), and the memory is the co
 import contextlib
 import dataclasses
 import importlib.util
+import os
 import time
 
 import jax
@@ -97,6 +98,10 @@ def require_libtpu() -> None:
 def tpu_mesh(tpu: TpuTarget) -> jax.sharding.Mesh:
     """Every chip of the slice, as a ("data", "fsdp") mesh with every chip on fsdp."""
     require_libtpu()
+    os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # libtpu asks the host it would run on
+    # libtpu takes a machine-wide lock for the chips it would drive; a compile drives none, so two plans (or a
+    # plan beside the tests) may run at once.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     topology = topologies.get_topology_desc(platform="tpu", topology_name=tpu.topology, chip_config_name="default",
                                             chips_per_host_bounds=tpu.chips_per_host, num_slices=1)
     return topologies.make_mesh(topology, (1, tpu.devices), ("data", "fsdp"))

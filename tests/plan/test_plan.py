@@ -12,7 +12,6 @@ import os
 # The card is compiled for, never used: JAX must not start a GPU backend (on a machine without a GPU the CUDA
 # plugin is dropped when it tries), as scripts/plan.py arranges. JAX reads this when it is imported.
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")  # libtpu asks the host it would run on
 
 import pytest  # noqa: E402
 
@@ -24,6 +23,7 @@ from jax_nano.plan.targets import GPUS, TPUS  # noqa: E402
 
 needs_plugin = pytest.mark.skipif(not deviceless.has_cuda_plugin(),
                                   reason="JAX's CUDA compiler is not installed (README, Tests)")
+needs_libtpu = pytest.mark.skipif(not deviceless.has_libtpu(), reason="libtpu is not installed (README, Tests)")
 # The tiny model on a loss track (the step that keeps its input for the rewind), bf16 compute so that `auto`
 # picks cuDNN attention on a GPU.
 TRACK = get_track("4.5loss").replace(model="tiny", batch_size=2, seq_len=128)
@@ -53,6 +53,18 @@ def compiled():
     return deviceless.compile_steps(TRACK, get_model_config("tiny"), GPUS["h100"])
 
 
+@pytest.fixture(scope="module")
+def xla_attention():
+    return deviceless.compile_steps(TRACK.replace(attention="xla"), get_model_config("tiny"), GPUS["h100"])
+
+
+@pytest.fixture(scope="module")
+def on_a_tpu_chip():
+    from jax_nano.plan.planner import assess
+
+    return assess(TRACK, get_model_config("tiny"), TPUS["v5e-1"])
+
+
 @needs_plugin
 def test_loss_track_step_has_no_conditional_and_no_host_callback(compiled):
     from jax_nano.plan.census import census
@@ -65,14 +77,13 @@ def test_loss_track_step_has_no_conditional_and_no_host_callback(compiled):
 
 
 @needs_plugin
-def test_cudnn_attention_is_in_the_step_when_asked(compiled):
+def test_cudnn_attention_is_in_the_step_when_asked(compiled, xla_attention):
     from jax_nano.plan.census import census
 
     calls = census(compiled.train.as_text())["custom_calls"]
     layers = get_model_config("tiny").n_layers
     assert calls.get("__cudnn$fmhaSoftmax") == layers and calls.get("__cudnn$fmhaSoftmaxBackward") == layers
-    xla = deviceless.compile_steps(TRACK.replace(attention="xla"), get_model_config("tiny"), GPUS["h100"])
-    assert not census(xla.train.as_text())["cudnn_attention"]
+    assert not census(xla_attention.train.as_text())["cudnn_attention"]
 
 
 @needs_plugin
@@ -114,15 +125,22 @@ def test_a_run_no_lever_fits_is_one_line_exit_2(tmp_path, capsys):
     assert all("skipped" in lever and not lever["fits"] for lever in result["levers"])
 
 
-@pytest.mark.skipif(not deviceless.has_libtpu(), reason="libtpu is not installed (README, Tests)")
-def test_the_step_compiles_for_a_tpu_chip_with_xla_attention():
-    from jax_nano.plan.census import census
-    from jax_nano.plan.planner import assess
-
-    result = assess(TRACK, get_model_config("tiny"), TPUS["v5e-1"])
+@needs_libtpu
+def test_the_step_compiles_for_a_tpu_chip_with_xla_attention(on_a_tpu_chip):
+    result = on_a_tpu_chip
     assert result["platform"] == "tpu" and result["n_devices"] == 1 and result["attention"] == "xla"
     # The same state as on a GPU, padded: TPU layouts round small arrays up to whole tiles.
     assert 1_380_880 < result["memory"]["state"] < 2 * 1_380_880
     assert result["fits"] and result["pool"] == TPUS["v5e-1"].memory_bytes
-    assert not census(deviceless.compile_steps(TRACK, get_model_config("tiny"), TPUS["v5e-1"]).train.as_text())[
-        "cudnn_attention"]
+
+
+@needs_libtpu
+@needs_plugin
+def test_a_tpu_step_counts_the_matmul_flops_of_the_same_step_on_a_gpu(on_a_tpu_chip, xla_attention):
+    """libtpu writes matmuls as convolutions in loops without a trip count: counted right, the work is the
+    work the GPU compile does (with the same XLA attention)."""
+    from jax_nano.plan.census import census
+
+    gpu = census(xla_attention.train.as_text())
+    assert on_a_tpu_chip["kernels"]["gemms"] > 0
+    assert on_a_tpu_chip["kernels"]["dot_flops"] == pytest.approx(gpu["dot_flops"], rel=1e-6)
