@@ -13,21 +13,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from configs.model import PRESETS, ConfigError  # noqa: E402
-from jax_nano.core.cli import run_main, use_compilation_cache  # noqa: E402
+from configs.model import ConfigError  # noqa: E402
+from jax_nano.core.cli import add_weight_flags, check_weight_source, run_main, use_compilation_cache  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
     from jax_nano.evaluate.task_scores import DEFAULT_TASKS
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
-    w = p.add_argument_group("the weights (one of)")
-    w.add_argument("--run", default=None, help="the latest checkpoint of runs/NAME")
-    w.add_argument("--state-dict", default=None, metavar="PATH",
-                   help="a PyTorch state_dict (ours or upstream's) or a .safetensors")
-    w.add_argument("--model-dir", default=None, metavar="DIR", help="a transformers folder (scripts/export.py)")
-    w.add_argument("--model", default=None, help=f"a fresh model of this preset ({', '.join(PRESETS)}); with\n"
-                                                   "--state-dict, the preset its shapes must fit")
+    add_weight_flags(p)
     p.add_argument("--tasks", default=None, help=f"comma-separated harness tasks (default {','.join(DEFAULT_TASKS)})")
     p.add_argument("--include-path", default=None, metavar="DIR", help="a directory of your own YAML tasks")
     p.add_argument("--limit", type=float, default=None,
@@ -40,7 +34,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None,
                    help="names results/eval-<name>.* (default: the run, the state_dict file's stem, or the preset)")
     p.add_argument("--results-dir", default="results")
-    p.add_argument("--runs-dir", default="runs")
     p.add_argument("--no-bar", action="store_true", help="no progress bar")
     return p
 
@@ -59,12 +52,7 @@ def output_name(args) -> str:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    sources = [args.run, args.state_dict, args.model_dir]
-    if sum(x is not None for x in sources) > 1:
-        raise ConfigError("--run, --state-dict and --model-dir conflict: choose one source of weights")
-    if all(x is None for x in sources) and args.model is None:
-        raise ConfigError("choose the weights: --run NAME, --state-dict PATH, --model-dir DIR or --model PRESET "
-                          "(a fresh model)")
+    check_weight_source(args)
     if args.limit is not None and args.limit <= 0:
         raise ConfigError(f"--limit {args.limit:g} must be positive")
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit

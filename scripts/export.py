@@ -18,8 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from configs.errors import UserError  # noqa: E402
-from configs.model import PRESETS  # noqa: E402
-from jax_nano.core.cli import run_main  # noqa: E402
+from jax_nano.core.cli import add_weight_flags, run_main  # noqa: E402
 
 
 class ExportArgsError(UserError):
@@ -28,18 +27,11 @@ class ExportArgsError(UserError):
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
-    w = p.add_argument_group("the weights (one of)")
-    w.add_argument("--run", default=None, help="the latest checkpoint of runs/NAME (its summary fills the model card)")
-    w.add_argument("--state-dict", default=None, metavar="PATH",
-                   help="a PyTorch state_dict, upstream's model.pt or a .safetensors")
-    w.add_argument("--model", default=None, metavar="PRESET",
-                   help=f"with --state-dict: the preset it must fit ({', '.join(PRESETS)}); default: the model its "
-                        "shapes describe")
+    add_weight_flags(p, model_dir=False, fresh=False)
     p.add_argument("--format", default=None, help="hf (a transformers folder), safetensors (upstream's names) or "
                                                    "upstream (model.pt)")
     p.add_argument("--out", default=None, metavar="DIR", help="the folder to write (created)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists and is not empty")
-    p.add_argument("--runs-dir", default="runs")
     p.add_argument("--results-dir", default="results", help="where the run's summary RUN.json is")
     return p
 

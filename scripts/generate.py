@@ -20,8 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from configs.errors import UserError  # noqa: E402
-from configs.model import PRESETS  # noqa: E402
-from jax_nano.core.cli import run_main, use_compilation_cache  # noqa: E402
+from jax_nano.core.cli import add_weight_flags, check_weight_source, run_main, use_compilation_cache  # noqa: E402
 
 
 class PromptError(UserError):
@@ -30,15 +29,7 @@ class PromptError(UserError):
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
-    w = p.add_argument_group("weights (one of)")
-    w.add_argument("--run", default=None, help="the latest checkpoint of runs/NAME")
-    w.add_argument("--state-dict", default=None, metavar="PATH",
-                   help="a PyTorch state_dict, upstream's model.pt or a .safetensors")
-    w.add_argument("--model-dir", default=None, metavar="DIR", help="a transformers folder (scripts/export.py)")
-    w.add_argument("--model", default=None, metavar="PRESET",
-                   help=f"alone: a fresh model of this preset; with --state-dict: the preset it must fit "
-                        f"({', '.join(PRESETS)})")
-    w.add_argument("--runs-dir", default="runs")
+    add_weight_flags(p)
     p.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeatable)")
     p.add_argument("--prompts", default=None, metavar="FILE", help="prompts, one per line")
     p.add_argument("--framework", default="jax", choices=("jax", "torch"))
@@ -150,11 +141,7 @@ def main(argv=None) -> int:
     check_sampling(temperature, args.top_k, args.top_p)
     if args.max_new_tokens <= 0 or args.batch_size <= 0:
         raise GenerationError("--max-new-tokens and --batch-size must be positive")
-    sources = [args.run, args.state_dict, args.model_dir]
-    if sum(x is not None for x in sources) > 1:
-        raise GenerationError("--run, --state-dict and --model-dir conflict; pass one source of weights")
-    if all(x is None for x in sources) and args.model is None:
-        raise GenerationError("no weights: pass --run NAME, --state-dict PATH, --model-dir DIR or --model PRESET")
+    check_weight_source(args)
     prompts = read_prompts(args)
 
     import jax

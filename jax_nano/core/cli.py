@@ -106,3 +106,29 @@ def use_compilation_cache(path=None) -> None:
     default = os.environ.get("JAX_NANO_CACHE", str(Path.home() / ".cache" / "jax-nano" / "xla"))
     jax.config.update("jax_compilation_cache_dir", str(path or default))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+
+
+def add_weight_flags(parser: argparse.ArgumentParser, *, model_dir: bool = True, fresh: bool = True) -> None:
+    """The flags naming one source of a model's weights: a run's newest checkpoint, a state_dict, a transformers
+    folder (`model_dir`), or, where `fresh`, a newly initialised preset."""
+    w = parser.add_argument_group("the weights (one of)")
+    w.add_argument("--run", default=None, help="the latest checkpoint of runs/NAME")
+    w.add_argument("--state-dict", default=None, metavar="PATH",
+                   help="a PyTorch state_dict (ours or upstream's model.pt) or a .safetensors")
+    if model_dir:
+        w.add_argument("--model-dir", default=None, metavar="DIR", help="a transformers folder (scripts/export.py)")
+    alone = "alone: a fresh model of this preset; " if fresh else ""
+    w.add_argument("--model", default=None, metavar="PRESET",
+                   help=f"{alone}with --state-dict: the preset its shapes must fit ({', '.join(PRESETS)}); "
+                        "default: the model its shapes describe")
+    w.add_argument("--runs-dir", default="runs", help="where runs keep their checkpoints (default runs)")
+
+
+def check_weight_source(args) -> None:
+    """One source of weights, as add_weight_flags(model_dir=True, fresh=True) describes them."""
+    sources = [args.run, args.state_dict, args.model_dir]
+    if sum(x is not None for x in sources) > 1:
+        raise ConfigError("--run, --state-dict and --model-dir conflict: pass one source of weights")
+    if all(x is None for x in sources) and args.model is None:
+        raise ConfigError("no weights: choose --run NAME, --state-dict PATH, --model-dir DIR or --model PRESET "
+                          "(a fresh model)")

@@ -300,7 +300,7 @@ def test_a_missing_run_is_a_one_line_error(tmp_path, capsys):
     err = one_line_error(capsys, evaluate_main(["--run", "absent", "--runs-dir", str(tmp_path), "--include-path",
                                                  include, "--tasks", "toy_choice"], tmp_path / "xla"))
     assert "absent" in err
-    assert "choose the weights" in one_line_error(capsys, evaluate_main(["--tasks", "toy_choice"], tmp_path / "xla"))
+    assert "no weights" in one_line_error(capsys, evaluate_main(["--tasks", "toy_choice"], tmp_path / "xla"))
 
 
 def test_default_suite_without_the_hub_is_a_one_line_error(tmp_path):
