@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import jax
@@ -32,6 +31,7 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 from jax_nano.compiles import compile_counter  # noqa: E402
 from jax_nano.evaluate import task_scores  # noqa: E402
 from jax_nano.evaluate.lm_eval_model import JaxNanoLM, bucket_for, length_buckets  # noqa: E402
+from tests.choice_task import write_choice_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = ["red", "green", "blue", "seven", "river", "stone", "a quiet lamp", "forty two", "the end", "maybe not"]
@@ -100,30 +100,7 @@ def docs():
 def write_task(tmp_path, items) -> str:
     data = tmp_path / "items.jsonl"
     data.write_text("".join(json.dumps(d) + "\n" for d in items))
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "toy_choice.yaml").write_text(textwrap.dedent(f"""\
-        task: toy_choice
-        dataset_path: json
-        dataset_kwargs:
-          data_files:
-            test: {data}
-        output_type: multiple_choice
-        test_split: test
-        doc_to_text: "{{{{question}}}}"
-        doc_to_choice: "{{{{choices}}}}"
-        doc_to_target: "{{{{answer}}}}"
-        metric_list:
-          - metric: acc
-            aggregation: mean
-            higher_is_better: true
-          - metric: acc_norm
-            aggregation: mean
-            higher_is_better: true
-        metadata:
-          version: 1.0
-        """))
-    return str(tasks)
+    return write_choice_task(tmp_path / "tasks", "toy_choice", data, metrics=("acc", "acc_norm"))
 
 
 def test_local_task_accuracy_equals_the_models_own_logits(tiny, lm, tmp_path):

@@ -1,7 +1,6 @@
 """lm-eval's own `hf` backend on the exported transformers folder and the project's `jax-nano` backend on the run
 give the same per-item log-likelihoods and the same accuracy, on a small local multiple-choice task."""
 
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -14,32 +13,13 @@ pytest.importorskip("accelerate", reason="lm-eval's hf backend needs accelerate 
 from lm_eval.tasks import TaskManager  # noqa: E402
 
 from jax_nano.evaluate.lm_eval_model import JaxNanoLM  # noqa: E402
+from tests.choice_task import write_choice_task  # noqa: E402
 
 ITEMS = Path(__file__).with_name("hf_choice.jsonl")
 
 
 def task_dir(tmp_path) -> str:
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    (tasks / "hf_choice.yaml").write_text(textwrap.dedent(f"""\
-        task: hf_choice
-        dataset_path: json
-        dataset_kwargs:
-          data_files:
-            test: {ITEMS}
-        output_type: multiple_choice
-        test_split: test
-        doc_to_text: "{{{{question}}}}"
-        doc_to_choice: "{{{{choices}}}}"
-        doc_to_target: "{{{{answer}}}}"
-        metric_list:
-          - metric: acc
-            aggregation: mean
-            higher_is_better: true
-        metadata:
-          version: 1.0
-        """))
-    return str(tasks)
+    return write_choice_task(tmp_path / "tasks", "hf_choice", ITEMS)
 
 
 def per_item(out) -> dict:
