@@ -171,9 +171,10 @@ def test_scan_compiles_one_block_whatever_the_depth():
     assert sizes[1] <= sizes[0] * 1.05, f"HLO grew with depth: {sizes}"
 
 
-@pytest.mark.parametrize("chunk", [16, 37])
-def test_chunked_cross_entropy_is_the_same_function(chunk):
-    """Chunking the loss (a memory lever) changes neither the loss nor any gradient beyond float32 rounding."""
+def test_chunked_cross_entropy_is_the_same_function():
+    """Chunking the loss (a memory lever) changes neither the loss nor any gradient beyond float32 rounding; 16
+    positions at a time, so the last of the 3 x 50 is padded."""
+    chunk = 16
     cfg = get_model_config("tiny")
     ids = jnp.asarray(random_ids(cfg, 3, 50))
     full, chunked = jm.GPT(cfg, rngs=nnx.Rngs(0)), jm.GPT(cfg.replace(loss_chunk=chunk), rngs=nnx.Rngs(0))

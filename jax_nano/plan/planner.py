@@ -125,6 +125,8 @@ def render_markdown(result: dict) -> str:
     m = d["memory"]
     pool = ("the chip's HBM" if target["platform"] == "tpu"
             else "the card's memory x XLA_PYTHON_CLIENT_MEM_FRACTION")
+    # A TPU runs the step as one program: its fusions are not launched one by one as a GPU's kernels are.
+    ops = "fused ops" if target["platform"] == "tpu" else "kernels"
     lines = [f"# Plan: {result['track']} ({result['model']}) on {target['name']}", "",
              "The compiler's plan of the real steps compiled for the card on a machine without it (deviceless), "
              "not a measurement.", "",
@@ -134,7 +136,7 @@ def render_markdown(result: dict) -> str:
              f"outputs {_gib(m['outputs'])}, aliased {_gib(m['aliased'])}, temporaries {_gib(m['temporaries'])}), "
              f"kept beside it {_gib(m['kept_beside_step'])}, eval step temporaries "
              f"{_gib(m['eval_step_temporaries'])}",
-             f"- attention: {d['attention']}; kernels per train step {d['kernels']['kernels']:,} "
+             f"- attention: {d['attention']}; {ops} per train step {d['kernels']['kernels']:,} "
              f"({d['kernels']['gemms']:,} GEMMs), eval step {d['eval_kernels']:,}; custom calls "
              f"{d['kernels']['custom_calls'] or 'none'}",
              f"- FLOPs per step: counted {d['flops']['counted']:.4g}, analytic (MFU formula) "
