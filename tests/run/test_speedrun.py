@@ -157,10 +157,11 @@ def test_cli_bad_input_is_a_one_line_error_and_overwrites_nothing(toy_store, tmp
     assert sorted(p.name for p in (tmp_path / "runs" / "r" / "checkpoints").iterdir()) == before
 
 
-def test_smoke_command_runs_from_the_cli(tmp_path):
-    out = cli("--track", "smoke", "--max-steps", "4", cwd=tmp_path)
+def test_smoke_command_runs_from_the_cli(smoke_cli_run):
+    folder, out = smoke_cli_run
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "Active Training Time" in out.stdout and (tmp_path / "results" / "smoke-jax.json").is_file()
+    assert "Active Training Time" in out.stdout and (folder / "results" / "smoke-jax.json").is_file()
+    assert json.loads((folder / "results" / "smoke-jax.json").read_text())["steps"] == 8
 
 
 def test_record_appends_the_runs_row_to_its_track_table(toy_store, tmp_path):
