@@ -89,6 +89,13 @@ def _multipliers(computations: dict) -> tuple[dict, set]:
     return runs, fused
 
 
+def _dot_flops(out_text: str, lhs_text: str, rest: str) -> float:
+    """2 x output elements x the contracted size."""
+    out, lhs, contract = _SHAPE.search(out_text), _SHAPE.search(lhs_text), _CONTRACT.search(rest)
+    k = math.prod(_dims(lhs.group(2))[i] for i in _dims(contract.group(1))) if lhs and contract else 0
+    return 2.0 * math.prod(_dims(out.group(2))) * k
+
+
 def _window_field(window: str, key: str, n: int, default: int) -> list:
     found = re.search(rf"\b{key}=([0-9_x\-]+)", window)
     if not found:
@@ -123,6 +130,10 @@ def _convolution_flops(out_text: str, lhs_text: str, rest: str) -> float:
     return 2.0 * fma
 
 
+# The instructions that multiply matrices, and their FLOPs from (output shape, first operand's shape, the rest).
+_MATMULS = {"dot": _dot_flops, "convolution": _convolution_flops}
+
+
 def _attention_flops(shape_text: str, backward: bool, causal: bool) -> float:
     shape = _SHAPE.search(shape_text)
     b, h, t, d = _dims(shape.group(2))[:4]
@@ -144,17 +155,9 @@ def census(hlo: str) -> dict:
         times = runs.get(comp_name, 0)
         inside_fusion = comp_name in fused
         for name, shape_text, opcode, rest in c["instructions"]:
-            if opcode == "convolution":
+            if opcode in _MATMULS:
                 lhs = re.match(r"\s*%?([\w.\-]+)", rest)
-                dot_flops += times * _convolution_flops(shape_text, shapes.get(lhs.group(1), "") if lhs else "", rest)
-            if opcode == "dot":
-                out = _SHAPE.search(shape_text)
-                lhs = re.match(r"\s*%?([\w.\-]+)", rest)
-                lhs_shape = _SHAPE.search(shapes.get(lhs.group(1), "")) if lhs else None
-                contract = _CONTRACT.search(rest)
-                k = math.prod(_dims(lhs_shape.group(2))[i] for i in _dims(contract.group(1))) if (
-                    lhs_shape and contract) else 0
-                dot_flops += times * 2.0 * math.prod(_dims(out.group(2))) * k
+                dot_flops += times * _MATMULS[opcode](shape_text, shapes.get(lhs.group(1), "") if lhs else "", rest)
             if inside_fusion or opcode in _NOT_KERNELS:
                 continue
             kernels += times
