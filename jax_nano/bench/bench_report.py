@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from configs.tracks import FRAMEWORKS
+from jax_nano.bench import predicted
 from jax_nano.bench.compare_report import LABEL, device_slug, fmt, fmt_stats
 from jax_nano.bench.stats import ratio, spread
 
@@ -195,6 +196,7 @@ def render_markdown(result: dict) -> str:
                 cells = ([f"{b['step_time_s'] * 1e3:.1f} ms"] + [f"{b['shares'][k]:.1%}" for k in CATEGORY_LABELS]
                          + [f"{b['kernels']:,} ({b['kernels_without_hlo']:,})"])
             lines.append(f"| {prof['case']} | " + " | ".join(cells) + f" | {prof['status']} |")
+        lines += predicted.render(result["profiles"])
     lines += ["", "## Runs", "", "| # | run | cache | wall | tokens/s | setup | status |",
               "|---|---|---|---|---|---|---|"]
     for i, run in enumerate(result["runs"], 1):

@@ -98,9 +98,10 @@ def run_job(job: dict) -> dict:
     import jax
 
     if job["mode"] == "profile":
+        from jax_nano.bench.predicted import with_estimate
         from jax_nano.bench.profile import profile_job
 
-        return profile_job(job)
+        return with_estimate(profile_job(job), job["dump_dir"])
     from jax_nano.run.speedrun import speedrun
 
     track = job["track"]

@@ -17,8 +17,10 @@ from configs.model import ModelConfig
 from configs.tracks import Track
 from jax_nano import xla_flags
 from jax_nano.core import report
+from jax_nano.plan import roofline
 from jax_nano.plan.census import census
 from jax_nano.plan.deviceless import compile_steps
+from jax_nano.plan.peaks import card_named
 from jax_nano.plan.targets import GIB
 
 ALLOWANCE = GIB // 2
@@ -74,8 +76,12 @@ def assess(track: Track, cfg: ModelConfig, target, n_devices: int = 1) -> dict:
     kernels = census(compiled.train.as_text())
     analytic = report.flops_per_token(compiled.cfg, track.seq_len) * track.tokens_per_step / n_devices
     counted = kernels["dot_flops"] + kernels["attention_flops"]
+    card = card_named(target.name) if target.platform == "gpu" else None
+    estimate = roofline.estimate(compiled.train.as_text(), card[1], target.bandwidth_bytes_s) if card else None
+    if estimate:
+        estimate["track"] = roofline.track_figures(estimate, track, compiled.cfg, target.name, n_devices)
     return {"memory": mem, "pool": pool, "allowance": ALLOWANCE, "margin": pool - ALLOWANCE - mem["peak"],
-            "fits": mem["peak"] + ALLOWANCE <= pool, "kernels": kernels,
+            "estimate": estimate, "fits": mem["peak"] + ALLOWANCE <= pool, "kernels": kernels,
             "eval_kernels": census(compiled.evaluate.as_text())["kernels"],
             "flops": {"counted": counted, "analytic": analytic, "ratio": counted / analytic if analytic else None},
             "compile_s": {"train": compiled.train_s, "eval": compiled.eval_s}, "n_devices": n_devices,
@@ -142,6 +148,8 @@ def render_markdown(result: dict) -> str:
              f"- FLOPs per step: counted {d['flops']['counted']:.4g}, analytic (MFU formula) "
              f"{d['flops']['analytic']:.4g}, ratio {d['flops']['ratio']:.3f}",
              f"- compile: train {d['compile_s']['train']:.1f} s, eval {d['compile_s']['eval']:.1f} s"]
+    if d.get("estimate"):
+        lines += roofline.render(d["estimate"], d["estimate"]["track"], target["name"], result["track"])
     if result["levers"]:
         lines += ["", "| lever | cards | peak per card | fits |", "|---|---|---|---|"]
         lines += [f"| {lv['lever']} | {lv['n_devices']} | "

@@ -144,3 +144,21 @@ def test_a_tpu_step_counts_the_matmul_flops_of_the_same_step_on_a_gpu(on_a_tpu_c
     gpu = census(xla_attention.train.as_text())
     assert on_a_tpu_chip["kernels"]["gemms"] > 0
     assert on_a_tpu_chip["kernels"]["dot_flops"] == pytest.approx(gpu["dot_flops"], rel=1e-6)
+
+
+@needs_plugin
+def test_the_estimate_of_a_compiled_step_counts_the_census_flops_in_every_class(compiled):
+    from jax_nano.plan import roofline
+    from jax_nano.plan.census import census
+    from jax_nano.plan.peaks import PEAKS
+
+    hlo = compiled.train.as_text()
+    found = census(hlo)
+    est = roofline.estimate(hlo, PEAKS["h100"], GPUS["h100"].bandwidth_bytes_s)
+    assert est["flops"] == found["dot_flops"] + found["attention_flops"] and est["kernels"] == found["kernels"]
+    classes = est["classes"]
+    assert all(classes[c]["kernels"] > 0 and classes[c]["bytes"] > 0 for c in roofline.CLASSES)
+    # cuDNN's attention FLOPs land in the attention class, Polar Express's matmuls in Muon's, none in the rest.
+    assert classes["attention"]["flops"] >= found["attention_flops"] > 0
+    assert classes["muon"]["flops"] > 0 and classes["rest"]["flops"] == 0
+    assert est["step_s"] == pytest.approx(sum(classes[c]["time_s"] for c in roofline.CLASSES))
