@@ -3,8 +3,9 @@ custom calls (cuDNN attention among them) and FLOPs, with every while loop's bod
 
 A kernel is a fusion, custom call or other launching instruction of a computation that runs on its own (the
 entry, a loop body, a called computation), not one inside a fusion. FLOPs: 2 x output elements x contracted
-size for every dot (in fusions too); cuDNN's fused attention has no dot in HLO, so its FLOPs are estimated from
-its output shape (forward two matmuls of B x H x T x T x D, backward five, halved under a causal mask).
+size for every dot (in fusions too) and cuBLAS GEMM call; cuDNN's fused attention has no dot in HLO, so its
+FLOPs are estimated from its output shape (forward two matmuls of B x H x T x T x D, backward five, halved
+under a causal mask).
 A TPU writes its matmuls as convolutions, some with a batch axis disguised as a dilated window: their FLOPs
 count only the window positions that meet a real input element, as XLA's own cost analysis does, and a fusion
 holding one is a GEMM.
@@ -28,6 +29,7 @@ _GEMM_TARGETS = ("__cublas$gemm", "__cublas$lt$matmul")
 _LABELS = re.compile(r"dim_labels=([0-9a-z]+)_([0-9a-z]+)->([0-9a-z]+)")
 _WINDOW = re.compile(r"window=\{([^}]*)\}")
 _GROUPS = re.compile(r"(feature|batch)_group_count=(\d+)")
+_GEMM_CONTRACT = re.compile(r'"lhs_contracting_dimensions":\[([^\]]*)\]')
 
 
 def _dims(text: str) -> list[int]:
@@ -130,6 +132,17 @@ def _convolution_flops(out_text: str, lhs_text: str, rest: str) -> float:
     return 2.0 * fma
 
 
+def _gemm_call_flops(out_text: str, lhs_text: str, rest: str) -> float:
+    """A GEMM custom call (cuBLAS, chosen by autotuning on a card): 2 x its result's elements x the contracted
+    size, from the dimension numbers of its backend config."""
+    out, lhs = _SHAPE.search(out_text), _SHAPE.search(lhs_text)
+    contract = _GEMM_CONTRACT.search(rest)
+    if not (out and lhs and contract):
+        return 0.0
+    k = math.prod(_dims(lhs.group(2))[int(i)] for i in re.findall(r"\d+", contract.group(1)))
+    return 2.0 * math.prod(_dims(out.group(2))) * k
+
+
 # The instructions that multiply matrices, and their FLOPs from (output shape, first operand's shape, the rest).
 _MATMULS = {"dot": _dot_flops, "convolution": _convolution_flops}
 
@@ -166,6 +179,9 @@ def census(hlo: str) -> dict:
                 custom_calls[target] += times
                 if target in _GEMM_TARGETS:
                     gemms += times
+                    lhs = re.match(r"\s*%?([\w.\-]+)", rest)
+                    dot_flops += times * _gemm_call_flops(shape_text, shapes.get(lhs.group(1), "") if lhs else "",
+                                                          rest)
                 elif target.startswith("__cudnn$fmha"):
                     attention_flops += times * _attention_flops(shape_text, "Backward" in target,
                                                                 '"mask_type":"CAUSAL"' in rest)

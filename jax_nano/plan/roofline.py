@@ -27,6 +27,7 @@ from jax_nano.plan import census
 from jax_nano.plan.peaks import LAUNCH_S, UPSTREAM_4090, Peaks
 
 CLASSES = ("matmul", "attention", "muon", "rest")
+TOP = 8  # the costliest kernels the estimate names
 _ARRAY = re.compile(r"\b([a-z][a-z0-9]*)\[([0-9,]*)\]")
 _SIZES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "f16": 2, "bf16": 2, "s32": 4, "u32": 4, "f32": 4,
           "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16}
@@ -91,9 +92,9 @@ class _Module:
         return flops, seconds
 
     def matmul(self, shape_text: str, opcode: str, rest: str, peaks: Peaks) -> tuple[float, float]:
-        lhs = operands(rest)[0]
-        lhs_shape = self.shapes.get(lhs, "")
-        flops = census._MATMULS[opcode](shape_text, lhs_shape, rest)
+        """(FLOPs, seconds at the peak of the precision it runs in) of a dot, convolution or GEMM call."""
+        lhs_shape = self.shapes.get(operands(rest)[0], "")
+        flops = census._MATMULS.get(opcode, census._gemm_call_flops)(shape_text, lhs_shape, rest)
         dtype = _ARRAY.search(lhs_shape).group(1) if _ARRAY.search(lhs_shape) else "f32"
         if dtype in _HALF or dtype.startswith("f8"):
             peak = peaks.bf16
@@ -157,7 +158,9 @@ class _Module:
             if opcode in census._MATMULS:
                 flops, compute = self.matmul(shape_text, opcode, rest, peaks)
             target = profile.TARGET.search(rest) if opcode == "custom-call" else None
-            if target and target.group(1).startswith("__cudnn$fmha"):
+            if target and target.group(1) in census._GEMM_TARGETS:
+                flops, compute = self.matmul(shape_text, opcode, rest, peaks)
+            elif target and target.group(1).startswith("__cudnn$fmha"):
                 flops = census._attention_flops(shape_text, "Backward" in target.group(1),
                                                 '"mask_type":"CAUSAL"' in rest)
                 compute = flops / peaks.bf16
@@ -184,9 +187,11 @@ def estimate(hlo: str, peaks: Peaks, bandwidth_bytes_s: float, launch_s: float =
     """The step's estimated time on the card, in all and per class: per kernel max(compute, memory) plus one
     launch, times how often it runs."""
     classes = {c: dict.fromkeys(_SUMS[:-1], 0.0) for c in CLASSES}
-    for k in kernels(hlo, peaks):
+    found = kernels(hlo, peaks)
+    for k in found:
         row = classes[k["class"]]
         memory_s = k["bytes"] / bandwidth_bytes_s
+        k["step_s"] = k["times"] * (max(k["compute_s"], memory_s) + launch_s)
         row["kernels"] += k["times"]
         row["flops"] += k["times"] * k["flops"]
         row["bytes"] += k["times"] * k["bytes"]
@@ -195,7 +200,10 @@ def estimate(hlo: str, peaks: Peaks, bandwidth_bytes_s: float, launch_s: float =
         row["launch_s"] += k["times"] * launch_s
     classes = {c: {**row, "time_s": row["work_s"] + row["launch_s"]} for c, row in classes.items()}
     total = {key: sum(row[key] for row in classes.values()) for key in _SUMS}
-    return {"kind": "estimate", "launch_s_each": launch_s, "classes": classes, **total, "step_s": total["time_s"]}
+    top = [{key: k[key] for key in ("name", "class", "times", "flops", "bytes", "step_s")}
+           for k in sorted(found, key=lambda k: -k["step_s"])[:TOP]]
+    return {"kind": "estimate", "launch_s_each": launch_s, "classes": classes, **total, "step_s": total["time_s"],
+            "top_kernels": top}
 
 
 def track_figures(est: dict, track: Track, cfg: ModelConfig, device_name: str, n_devices: int = 1) -> dict:
@@ -245,4 +253,8 @@ def render(est: dict, figures: dict, card_name: str, track_name: str) -> list[st
         lines.append(f"| {c} | {row['kernels']:,.0f} | {row['flops']:.3g} | {row['bytes'] / 1e9:.2f} | "
                      f"{_ms(row['work_s'])} | {_ms(row['launch_s'])} | {_ms(row['time_s'])} | "
                      f"{row['time_s'] / est['step_s']:.1%} |")
+    lines += ["", "| costliest kernels | class | runs per step | FLOPs per run | MB per run | estimate per step |",
+              "|---|---|---|---|---|---|"]
+    lines += [f"| `{k['name']}` | {k['class']} | {k['times']} | {k['flops']:.3g} | {k['bytes'] / 1e6:,.1f} | "
+              f"{_ms(k['step_s'])} |" for k in est["top_kernels"]]
     return lines

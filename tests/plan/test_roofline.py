@@ -103,6 +103,19 @@ ENTRY %main (w0: f32[4,256,256], x0: f32[128,256], b0: f32[4,128,256]) -> {state
 """.replace("{state}", "(s32[], f32[4,256,256]{2,1,0}, f32[128,256]{1,0}, f32[4,128,256]{2,1,0})").replace(
     "{trips}", 'backend_config={"known_trip_count":{"n":"4"}}')
 
+# A GEMM that autotuning on a card gave to cuBLAS: a custom call with its workspace, dimension numbers in its config.
+CUBLAS = """HloModule cublas
+
+ENTRY %main (a: bf16[512,1024], b: bf16[1024,256]) -> bf16[512,256] {
+  %a = bf16[512,1024]{1,0} parameter(0)
+  %b = bf16[1024,256]{1,0} parameter(1)
+  %gemm = (bf16[512,256]{1,0}, s8[4194304]{0}) custom-call(%a, %b), custom_call_target="__cublas$gemm", {config}
+  ROOT %out = bf16[512,256]{1,0} get-tuple-element(%gemm), index=0
+}
+""".replace("{config}", 'backend_config={"gemm_backend_config":{"alpha_real":1,"dot_dimension_numbers":{'
+            '"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],'
+            '"rhs_batch_dimensions":[]}}}')
+
 
 def _estimate(hlo):
     return roofline.estimate(hlo, PEAKS_ROUND, BANDWIDTH, launch_s=LAUNCH)
@@ -120,6 +133,8 @@ def test_one_matmul_and_one_elementwise_op_take_the_hand_computed_times():
     assert est["step_s"] == pytest.approx(matmul_s + add_s + 2 * LAUNCH, rel=1e-12)
     assert est["kernels"] == 2 and est["compute_bound"] == 1 and est["kind"] == "estimate"
     assert est["bytes"] == gemm_bytes + 3 * 1024 * 1024 * 4
+    assert [(k["name"], k["step_s"]) for k in est["top_kernels"]] == [
+        ("gemm_fusion_dot.1", pytest.approx(matmul_s + LAUNCH)), ("loop_add_fusion", pytest.approx(add_s + LAUNCH))]
 
 
 def test_a_loop_runs_its_kernels_per_trip_moving_only_the_slices_it_touches():
@@ -141,7 +156,16 @@ def test_a_loop_runs_its_kernels_per_trip_moving_only_the_slices_it_touches():
     assert est["classes"]["matmul"]["work_s"] == pytest.approx(4 * max(flops / 50e12, gemm_bytes / BANDWIDTH))
 
 
-@pytest.mark.parametrize("hlo", [HAND, LOOP, TPU_LOOP, PADDED], ids=["hand", "loop", "tpu-loop", "padded"])
+def test_a_cublas_gemm_call_is_a_matmul_that_does_not_move_its_workspace():
+    (gemm,) = roofline.kernels(CUBLAS, PEAKS_ROUND)
+    flops = 2.0 * 512 * 256 * 1024
+    assert gemm["class"] == "matmul" and gemm["flops"] == flops and gemm["compute_s"] == flops / 100e12
+    assert gemm["bytes"] == (512 * 1024 + 1024 * 256 + 512 * 256) * 2
+    assert census(CUBLAS)["gemms"] == 1
+
+
+@pytest.mark.parametrize("hlo", [HAND, LOOP, CUBLAS, TPU_LOOP, PADDED],
+                         ids=["hand", "loop", "cublas", "tpu-loop", "padded"])
 def test_the_kernels_flops_sum_to_the_census(hlo):
     found = census(hlo)
     est = _estimate(hlo)
@@ -181,4 +205,5 @@ def test_the_report_says_estimate_and_sets_a_4090_beside_upstreams_record():
     ratio = figures["active_s"] / 86.178
     assert f"upstream's RTX 4090 record: 86.2 s for 8,011,776 tokens (92,968 tokens/s); estimate / record {ratio:.2f}" \
         in text
+    assert "| `gemm_fusion_dot.1` | matmul | 1 | 8.59e+09 | 18.9 |" in text
     assert "upstream" not in "\n".join(roofline.render(est, figures, GPUS["h100"].name, "8M"))
