@@ -136,10 +136,14 @@ class _Module:
 
     @staticmethod
     def _through_bitcasts(name, users) -> list:
+        """The uses of a fused parameter, looking through bitcasts (which move nothing)."""
         found, pending = [], [name] if name else []
         while pending:
             for use in users.get(pending.pop(), ()):
-                (pending.append(use[3]) if use[0] == "bitcast" else found.append(use))
+                if use[0] == "bitcast":
+                    pending.append(use[3])
+                else:
+                    found.append(use)
         return found
 
     def kernel(self, name: str, shape_text: str, opcode: str, rest: str, peaks: Peaks) -> dict:

@@ -162,3 +162,18 @@ def test_the_estimate_of_a_compiled_step_counts_the_census_flops_in_every_class(
     assert classes["attention"]["flops"] >= found["attention_flops"] > 0
     assert classes["muon"]["flops"] > 0 and classes["rest"]["flops"] == 0
     assert est["step_s"] == pytest.approx(sum(classes[c]["time_s"] for c in roofline.CLASSES))
+
+
+@needs_plugin
+def test_a_plan_for_a_listed_card_carries_its_step_time_labelled_an_estimate(compiled, monkeypatch):
+    from jax_nano.plan import planner
+
+    monkeypatch.setattr(planner, "compile_steps", lambda *args, **kwargs: compiled)
+    result = planner.plan(TRACK, get_model_config("tiny"), GPUS["h100"], log=lambda *_: None)
+    est = result["default"]["estimate"]
+    # A loss track runs as many steps as upstream's record took: 6,086,656 tokens at 2 x 128 a step.
+    assert est["kind"] == "estimate" and est["track"]["steps"] == 23_776
+    assert est["track"]["active_s"] == pytest.approx(23_776 * est["step_s"])
+    md = planner.render_markdown(result)
+    assert "## Step time: an estimate (roofline of the compiled step, not a measurement)" in md
+    assert f"{est['track']['tokens_per_s']:,.0f} tokens/s" in md and "upstream" not in md
