@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     result["target_key"] = args.tpu or (Path(args.target_file).stem if args.target_file else args.gpu)
     files = planner.write(result, args.results_dir)
     print(planner.render_markdown(result))
-    print(f"written: {files['md']}, {files['json']}")
+    print(f"written: {', '.join(files.values())}")
     if result["fits_with"] is None:
         raise planner.PlanError(f"{track.name} does not fit {target.name} with any lever tried "
                                 f"({', '.join(lv['lever'] for lv in result['levers'])}); see {files['md']}")

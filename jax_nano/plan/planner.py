@@ -11,6 +11,7 @@ allocator's fragmentation and the library workspaces a deviceless compile does n
 
 import dataclasses
 import os
+from pathlib import Path
 
 from configs.errors import UserError
 from configs.model import ModelConfig
@@ -162,5 +163,11 @@ def write(result: dict, results_dir) -> dict:
     stem = f"{results_dir}/plan-{result['target_key']}-{result['track']}"
     files = {"md": f"{stem}.md", "json": f"{stem}.json"}
     report.write_json_atomic(files["json"], result)
-    report.write_text_atomic(files["md"], render_markdown(result))
+    markdown = render_markdown(result)
+    estimate = result["default"].get("estimate")
+    if estimate:
+        files["png"] = f"{stem}.png"
+        roofline.plot(estimate, f"{result['track']} on {result['target']['name']}", files["png"])
+        markdown += f"\n![the estimate per class]({Path(files['png']).name})\n"
+    report.write_text_atomic(files["md"], markdown)
     return files

@@ -16,8 +16,10 @@ Each kernel is classed as the profile classes a measured one (jax_nano/bench/pro
 Muon, rest), so the first profiled run on the card sets measured time beside each class's estimate.
 """
 
+import os
 import re
 from collections import defaultdict
+from pathlib import Path
 
 from configs.model import ModelConfig
 from configs.tracks import Track
@@ -262,3 +264,27 @@ def render(est: dict, figures: dict, card_name: str, track_name: str) -> list[st
     lines += [f"| `{k['name']}` | {k['class']} | {k['times']} | {k['flops']:.3g} | {k['bytes'] / 1e6:,.1f} | "
               f"{_ms(k['step_s'])} |" for k in est["top_kernels"]]
     return lines
+
+
+def plot(est: dict, title: str, path) -> None:
+    """A PNG of the estimate per class: each class's max(compute, memory) and its launches, in ms per step."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(8, 3.6), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    work = [est["classes"][c]["work_s"] * 1e3 for c in CLASSES]
+    launches = [est["classes"][c]["launch_s"] * 1e3 for c in CLASSES]
+    ax.barh(CLASSES, work, color="tab:blue", label="max(compute, memory)")
+    ax.barh(CLASSES, launches, left=work, color="tab:orange",
+            label=f"launches ({est['launch_s_each'] * 1e6:.0f} us each)")
+    ax.invert_yaxis()
+    ax.set_xlabel(f"ms per step (estimate; step {est['step_s'] * 1e3:.1f} ms)")
+    ax.set_title(f"{title}: an estimate, not a measurement")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{os.getpid()}.tmp"
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, path)

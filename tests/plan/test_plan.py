@@ -8,6 +8,7 @@ skipped without them; the one-line errors run everywhere.
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 # The card is compiled for, never used: JAX must not start a GPU backend (on a machine without a GPU the CUDA
 # plugin is dropped when it tries), as scripts/plan.py arranges. JAX reads this when it is imported.
@@ -165,7 +166,7 @@ def test_the_estimate_of_a_compiled_step_counts_the_census_flops_in_every_class(
 
 
 @needs_plugin
-def test_a_plan_for_a_listed_card_carries_its_step_time_labelled_an_estimate(compiled, monkeypatch):
+def test_a_plan_for_a_listed_card_carries_its_step_time_labelled_an_estimate(compiled, monkeypatch, tmp_path):
     from jax_nano.plan import planner
 
     monkeypatch.setattr(planner, "compile_steps", lambda *args, **kwargs: compiled)
@@ -177,3 +178,6 @@ def test_a_plan_for_a_listed_card_carries_its_step_time_labelled_an_estimate(com
     md = planner.render_markdown(result)
     assert "## Step time: an estimate (roofline of the compiled step, not a measurement)" in md
     assert f"{est['track']['tokens_per_s']:,.0f} tokens/s" in md and "upstream" not in md
+    files = planner.write({**result, "target_key": "h100"}, tmp_path)
+    assert Path(files["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![the estimate per class](plan-h100-4.5loss.png)" in Path(files["md"]).read_text()

@@ -207,3 +207,4 @@ def test_the_report_says_estimate_and_sets_a_4090_beside_upstreams_record():
         in text
     assert "| `gemm_fusion_dot.1` | matmul | 1 | 8.59e+09 | 18.9 |" in text
     assert "upstream" not in "\n".join(roofline.render(est, figures, GPUS["h100"].name, "8M"))
+
