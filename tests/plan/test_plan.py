@@ -177,7 +177,7 @@ def test_a_plan_for_a_listed_card_carries_its_step_time_labelled_an_estimate(com
     assert est["track"]["active_s"] == pytest.approx(23_776 * est["step_s"])
     md = planner.render_markdown(result)
     assert "## Step time: an estimate (roofline of the compiled step, not a measurement)" in md
-    assert f"{est['track']['tokens_per_s']:,.0f} tokens/s" in md and "upstream" not in md
+    assert f"{est['track']['tokens_per_s']:,.0f} tokens/s" in md and "upstream's RTX 4090 record" not in md
     files = planner.write({**result, "target_key": "h100"}, tmp_path)
     assert Path(files["png"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "![the estimate per class](plan-h100-4.5loss.png)" in Path(files["md"]).read_text()
