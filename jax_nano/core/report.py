@@ -143,6 +143,7 @@ class MetricsLog:
 
     def __init__(self, path, append: bool = False, before_step: int | None = None):
         self.path = Path(path)
+        refuse_symlink(self.path, "result file")
         with writing(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if append and before_step is not None and self.path.exists():
