@@ -156,6 +156,11 @@ def card_text(value) -> str:
     return html.escape(text, quote=False).replace("|", "\\|")
 
 
+def _figure(value, spec: str) -> str:
+    """A number formatted by `spec`; anything else a summary may hold, as inert text."""
+    return format(value, spec) if isinstance(value, int | float) and not isinstance(value, bool) else card_text(value)
+
+
 def _row(label: str, value) -> str:
     return f"| {label} | {card_text(value)} |"
 
@@ -171,13 +176,13 @@ def model_card(cfg: ModelConfig, weights: dict, summary: dict | None, source: st
     if summary is not None:
         eligible = "yes" if summary.get("eligible") else "no"
         rows += [_row("Track", summary.get("track")), _row("Framework", summary.get("framework")),
-                 _row("Device", summary.get("device")), _row("Steps", f"{summary.get('steps'):,}"),
-                 _row("Tokens", f"{summary.get('tokens'):,}"),
+                 _row("Device", summary.get("device")), _row("Steps", _figure(summary.get("steps"), ",")),
+                 _row("Tokens", _figure(summary.get("tokens"), ",")),
                  _row("Active Training Time", summary.get("active_time")),
-                 _row("Validation loss", f"{summary.get('val_loss'):.6f}"),
+                 _row("Validation loss", _figure(summary.get("val_loss"), ".6f")),
                  _row("Run weights_sha256", summary.get("weights_sha256")),
                  _row("data_sha256", summary.get("data_sha256")),
-                 _row("Parameters", f"{summary.get('params'):,}"),
+                 _row("Parameters", _figure(summary.get("params"), ",")),
                  _row("Eligible for the leaderboard", eligible),
                  _row("Date", summary.get("date")), _row("Commit", summary.get("commit"))]
     tokenizer_note = ("The tokenizer is SmolLM2-135M's (49,152 tokens), `<|endoftext|>` (id 0) ends a document."

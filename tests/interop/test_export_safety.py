@@ -33,7 +33,7 @@ def test_the_model_card_keeps_hostile_names_and_figures_inert(tiny, tmp_path):
     # A results/RUN.json as a stranger may hand it over: every text field hostile, the figures real.
     crafted = tmp_path / "evil.json"
     crafted.write_text(json.dumps({
-        "run": HOSTILE, "track": HOSTILE, "framework": "jax|torch", "device": "<b>GPU</b>", "steps": 3,
+        "run": HOSTILE, "track": HOSTILE, "framework": "jax|torch", "device": "<b>GPU</b>", "steps": "3\n# s",
         "tokens": 1536, "active_time": HOSTILE, "val_loss": 5.0, "weights_sha256": HOSTILE, "data_sha256": "d",
         "params": 156_032, "eligible": False, "date": "2026-12-03", "commit": "c\n## More"}))
     card = hf_export.model_card(cfg, weights, json.loads(crafted.read_text()), f"run {HOSTILE}", False)
@@ -44,7 +44,7 @@ def test_the_model_card_keeps_hostile_names_and_figures_inert(tiny, tmp_path):
     rows = [line for line in lines if line.startswith("|")]
     assert len(rows) == 2 + 3 + 13 and all(len(cells(row)) == 2 for row in rows), rows
     assert "<script" not in card and "<img" not in card and "<b>" not in card
-    assert "| Framework | jax\\|torch |" in rows
+    assert "| Framework | jax\\|torch |" in rows and "| Steps | 3 # s |" in rows and "| Tokens | 1,536 |" in rows
 
 
 def test_a_second_export_to_a_claimed_out_is_refused_and_the_first_kept(tiny, tmp_path, monkeypatch):
