@@ -43,6 +43,8 @@ def yard(tmp_path, toy_store):
     (work / "results" / "eval-scored.json").symlink_to(victim)
     (work / "exports").symlink_to(outside / "empty")
     (work / "card\n.json").write_text("{}")  # a --target-file whose name would name a report
+    with open(outside / "prompts.txt", "wb") as f:  # a prompt file far over the bound (sparse: no disk used)
+        f.truncate(1 << 30)
     absolute = str(outside / "abs")
     run = ["--no-bar", "--model", "tiny", "--data", toy_store, "--seq-len", "64", "--max-steps", "1",
            "--warmup-steps", "1", "--eval-batches", "1"]
@@ -67,6 +69,7 @@ def yard(tmp_path, toy_store):
         ("generate", ["--run", absolute, "--prompt", "hi"], UNSAFE),
         ("generate", ["--run", "linked", "--prompt", "hi"], LINK),
         ("generate", ["--run", "r\x07", "--prompt", "hi"], UNSAFE),
+        ("generate", ["--model", "tiny", "--prompts", str(outside / "prompts.txt")], "more than the 1,048,576"),
         ("compare", ["--track", "../8M"], "unknown track"),
         ("compare", ["--track", absolute], "unknown track"),
         ("compare", ["--output", "exports"], LINK),

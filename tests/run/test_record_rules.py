@@ -11,7 +11,6 @@ import pytest
 from configs.model import get_model_config
 from jax_nano.model import count_params as jax_count
 from jax_nano.run.eligibility import planned_params, summary_refusal
-from torch_ref.model import count_params as torch_count
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,11 +38,11 @@ def test_an_ineligible_record_is_refused_before_training(flags, message, toy_sto
     assert sorted(p.name for p in tmp_path.iterdir()) == ["LEADERBOARD.md"]  # no run folder, no results
 
 
-def test_the_planned_count_is_what_both_frameworks_build():
+def test_the_planned_count_is_what_the_model_builds():
     for fused in (False, True):
-        for preset in ("tiny", "small"):  # the frameworks' own counts of the big presets take seconds each
+        for preset in ("tiny", "small"):  # JAX's own count (equal to PyTorch's: jax_nano/run/eligibility.py)
             cfg = get_model_config(preset, fused_qkvo=fused)
-            assert planned_params(cfg) == jax_count(cfg) == torch_count(cfg)
+            assert planned_params(cfg) == jax_count(cfg)
         # SPEC section 1's totals
         assert planned_params(get_model_config("blueberry-151m", fused_qkvo=fused)) == 151_032_320
         assert planned_params(get_model_config("blueberry-88m", fused_qkvo=fused)) == 88_630_528
