@@ -54,3 +54,15 @@ def test_a_summary_that_cannot_stand_is_refused():
     assert "did not finish" in summary_refusal({**eligible, "finished": False})
     assert "did not reach the track's target loss" in summary_refusal({**eligible, "reached_target": False})
     assert "not eligible" in summary_refusal({**eligible, "eligible": False, "params": 7_275_904})
+
+
+def test_a_symlinked_leaderboard_is_refused_before_training(tmp_path):
+    real = tmp_path / "elsewhere.md"
+    real.write_text((ROOT / "LEADERBOARD.md").read_text())
+    (tmp_path / "LEADERBOARD.md").symlink_to(real)
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "speedrun.py"), "--no-bar", "--track", "8M",
+                          "--record", "--leaderboard", str(tmp_path / "LEADERBOARD.md")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2 and "leaderboard" in out.stderr and "is a symlink" in out.stderr, out.stderr[-1500:]
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert real.read_text() == (ROOT / "LEADERBOARD.md").read_text()
