@@ -18,6 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from configs.tracks import FRAMEWORKS  # noqa: E402
 from jax_nano.core.cli import run_main  # noqa: E402
+from jax_nano.core.safe_paths import check_path_arg  # noqa: E402
 
 # Defaults that differ in smoke mode: (full suite, --smoke).
 DEFAULTS = {"steps": (30, 3), "warmup": (None, 1), "repeats": (2, 1), "profile_steps": (5, 2),
@@ -58,6 +59,8 @@ def main(argv=None) -> int:
     from jax_nano.core.device import check_device
 
     args = parser().parse_args(argv)
+    if args.output is not None:
+        check_path_arg(args.output, "--output")
     device = args.device or ("cpu" if args.smoke else "gpu")
     if device == "cpu" and not args.smoke:
         raise bench.BenchError("--device cpu needs --smoke: the full suite (151M and 88M models, 2048 tokens) is "

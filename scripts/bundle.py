@@ -16,6 +16,7 @@ sys.path.insert(0, str(ROOT))
 from configs.tracks import FRAMEWORKS  # noqa: E402
 from jax_nano.bundle.targets import PRESETS, BundleError, get_target  # noqa: E402
 from jax_nano.core.cli import run_main  # noqa: E402
+from jax_nano.core.safe_paths import check_path_arg  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -38,6 +39,7 @@ def main(argv=None) -> int:
     from jax_nano.bundle import build, wheels
 
     args = parser().parse_args(argv)
+    check_path_arg(args.out, "--out")
     frameworks = tuple(f.strip() for f in args.frameworks.split(","))
     unknown = [f for f in frameworks if f not in FRAMEWORKS]
     if unknown or not frameworks:

@@ -19,6 +19,7 @@ sys.path.insert(0, str(ROOT))
 from configs.tracks import FRAMEWORKS, TRACKS  # noqa: E402
 from jax_nano.core.cli import OVERRIDES, add_flag, run_main, track_from_args  # noqa: E402
 from jax_nano.core.device import DEVICES, check_device  # noqa: E402
+from jax_nano.core.safe_paths import check_path_arg  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -57,6 +58,9 @@ def main(argv=None) -> int:
     from jax_nano.bench import compare
 
     args = parser().parse_args(argv)
+    for flag, path in (("--output", args.output), ("--profile", args.profile)):
+        if path is not None:
+            check_path_arg(path, flag)
     if args.repeats < 1:
         raise compare.CompareError(f"--repeats {args.repeats}: must be >= 1 (3 or more for a significance test)")
     if args.steps is not None and args.tokens is not None:

@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from configs.model import ConfigError  # noqa: E402
 from jax_nano.core.cli import add_weight_flags, check_weight_source, run_main, use_compilation_cache  # noqa: E402
+from jax_nano.core.safe_paths import check_name, result_files  # noqa: E402
 
 
 def parser() -> argparse.ArgumentParser:
@@ -39,20 +40,28 @@ def parser() -> argparse.ArgumentParser:
 
 
 def output_name(args) -> str:
-    if args.name:
-        return args.name
+    """The report's name, one safe path component (jax_nano/core/safe_paths.py); one taken from a file's name
+    must be one too, else --name gives another."""
+    if args.name is not None:
+        return check_name(args.name, "--name")
     if args.run:
-        return args.run
-    if args.state_dict:
-        return Path(args.state_dict).stem
-    if args.model_dir:
-        return Path(args.model_dir).name
-    return f"{args.model}-fresh"
+        name = args.run
+    elif args.state_dict:
+        name = Path(args.state_dict).stem
+    elif args.model_dir:
+        name = Path(args.model_dir).name
+    else:
+        name = f"{args.model}-fresh"
+    return check_name(name, "the report's name (from the weights; pass --name NAME)")
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     check_weight_source(args)
+    name = output_name(args)  # before the evaluation: a refused name costs nothing
+    result_files(args.results_dir, f"eval-{name}", (".md", ".json"))
+    if args.run is not None:
+        result_files(args.results_dir, args.run, (".json",))
     if args.limit is not None and args.limit <= 0:
         raise ConfigError(f"--limit {args.limit:g} must be positive")
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
@@ -72,7 +81,6 @@ def main(argv=None) -> int:
                    framework=args.framework, batch_size=args.batch_size, runs_dir=args.runs_dir,
                    compute_dtype=args.compute_dtype, show_bar=not args.no_bar)
     scores = task_scores.run_tasks(lm, built, manager=manager, limit=limit, num_fewshot=args.num_fewshot)
-    name = output_name(args)
     md, js = task_scores.write(args.results_dir, name, scores)
     print(task_scores.to_markdown(name, scores))
     print(f"wrote {md} and {js}")

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from configs.errors import UserError  # noqa: E402
 from jax_nano.core.cli import add_weight_flags, run_main  # noqa: E402
+from jax_nano.core.safe_paths import check_path_arg, run_folder  # noqa: E402
 
 
 class ExportArgsError(UserError):
@@ -49,6 +50,11 @@ def read_summary(results_dir, run: str) -> dict | None:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    # Names and paths before the heavy imports: a refusal is immediate.
+    if args.run is not None:
+        run_folder(args.runs_dir, args.run, "--run")
+    if args.out is not None:
+        check_path_arg(args.out, "--out")
     from jax_nano.interop import hf_export
 
     hf_export.check_format(args.format)

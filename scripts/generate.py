@@ -43,12 +43,18 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+MAX_PROMPTS_BYTES = 1 << 20  # prompts are read whole; a bound keeps a stray huge file from filling memory
+
+
 def read_prompts(args) -> list[str]:
     prompts = list(args.prompt)
     if args.prompts is not None:
         path = Path(args.prompts)
         if not path.is_file():
             raise PromptError(f"prompt file {path} does not exist; pass a text file with one prompt per line")
+        if path.stat().st_size > MAX_PROMPTS_BYTES:
+            raise PromptError(f"prompt file {path} holds {path.stat().st_size:,} bytes, more than the "
+                              f"{MAX_PROMPTS_BYTES:,} a prompt file may; split it")
         lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         if not lines:
             raise PromptError(f"prompt file {path} holds no prompt; write one prompt per line")

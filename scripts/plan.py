@@ -17,6 +17,7 @@ from configs.model import get_model_config  # noqa: E402
 from configs.tracks import TRACKS  # noqa: E402
 from jax_nano import xla_flags  # noqa: E402
 from jax_nano.core.cli import add_track_flags, run_main, track_from_args  # noqa: E402
+from jax_nano.core.safe_paths import check_name, result_files  # noqa: E402
 from jax_nano.plan.targets import GPUS, TPUS, get_gpu, get_tpu  # noqa: E402
 
 
@@ -34,15 +35,19 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     args.framework, args.resume, args.init_from = "jax", False, None
+    if args.target_file and not args.tpu:
+        check_name(Path(args.target_file).stem, "--target-file's name (it names results/plan-NAME-TRACK.*)")
     target = get_tpu(args.tpu) if args.tpu else get_gpu(args.gpu, args.target_file)
+    target_key = args.tpu or (Path(args.target_file).stem if args.target_file else args.gpu)
     track = track_from_args(args)
+    result_files(args.results_dir, f"plan-{target_key}-{track.name}", (".md", ".json"))
     os.environ["JAX_PLATFORMS"] = "cpu"  # the target is compiled for, never used: no accelerator backend starts
     xla_flags.apply_default_flags()
 
     from jax_nano.plan import planner
 
     result = planner.plan(track, get_model_config(track.model), target)
-    result["target_key"] = args.tpu or (Path(args.target_file).stem if args.target_file else args.gpu)
+    result["target_key"] = target_key
     files = planner.write(result, args.results_dir)
     print(planner.render_markdown(result))
     print(f"written: {', '.join(files.values())}")

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from configs.model import ConfigError  # noqa: E402
 from configs.tracks import TRACKS  # noqa: E402
 from jax_nano import xla_flags  # noqa: E402
+from jax_nano.core import safe_paths  # noqa: E402
 from jax_nano.core.cli import add_track_flags, run_main, track_from_args, use_compilation_cache  # noqa: E402
 from jax_nano.core.device import DEVICES, check_device  # noqa: E402
 
@@ -93,12 +94,21 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     args.resume = args.resume or args.resume_from_good
     track = track_from_args(args)
-    if args.record and not track.leaderboard:
-        raise ConfigError(f"track {track.name!r} has no leaderboard; --record needs a real track")
+    # Names and paths first: a refusal costs nothing, and nothing is written before it.
+    run_name = args.run_name or f"{track.name}-{track.framework}"
+    safe_paths.run_folder(args.runs_dir, run_name)
+    safe_paths.result_files(args.results_dir, run_name)
+    if args.export_torch is not None:
+        safe_paths.check_path_arg(args.export_torch, "--export-torch")
     if args.record:
         from jax_nano.core import leaderboard
+        from jax_nano.run.eligibility import record_refusal
 
-        leaderboard.check_writable(args.leaderboard, track.name)  # before the run, not after it
+        if track.leaderboard:
+            leaderboard.check_writable(args.leaderboard, track.name)
+        why = record_refusal(track)  # before the run, not after it
+        if why is not None:
+            raise ConfigError(f"--record refused: {why}")
 
     mesh = mesh_from_args(args)
     if mesh is not None and track.framework != "jax":
@@ -111,7 +121,7 @@ def main(argv=None) -> int:
     from jax_nano.run import speedrun
 
     use_compilation_cache()
-    summary = speedrun.speedrun(track, run_name=args.run_name, results_dir=args.results_dir, runs_dir=args.runs_dir,
+    summary = speedrun.speedrun(track, run_name=run_name, results_dir=args.results_dir, runs_dir=args.runs_dir,
                                 resume=args.resume, stop_after=args.stop_after, init_from=args.init_from,
                                 export_to=args.export_torch, export_format=args.export_format,
                                 show_bar=not args.no_bar, mesh=mesh, fallback=args.resume_from_good)
@@ -130,7 +140,11 @@ def main(argv=None) -> int:
     print(speedrun.describe(summary))
     if args.record:
         from jax_nano.core.storage import writing
+        from jax_nano.run.eligibility import summary_refusal
 
+        why = summary_refusal(summary)
+        if why is not None:
+            raise ConfigError(f"--record refused: {why}; LEADERBOARD.md is unchanged")
         with writing(args.leaderboard):
             leaderboard.append_row(args.leaderboard, track.name, leaderboard.row_from_summary(summary))
         print(f"recorded in {args.leaderboard}")

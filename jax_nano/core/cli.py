@@ -9,6 +9,7 @@ from configs.errors import UserError
 from configs.model import ATTENTION_KINDS, PRESETS, REMAT_POLICIES, ConfigError
 from configs.optim import ORTHO_DTYPES, ORTHOGONALIZERS, SCHEDULES
 from configs.tracks import FRAMEWORKS, PRECISIONS, Track, get_track
+from jax_nano.core.safe_paths import run_folder
 
 
 def run_main(main, argv=None) -> int:
@@ -127,6 +128,8 @@ def add_weight_flags(parser: argparse.ArgumentParser, *, model_dir: bool = True,
 def check_weight_source(args) -> None:
     """One source of weights, as add_weight_flags(model_dir=True, fresh=True) describes them."""
     sources = [args.run, args.state_dict, args.model_dir]
+    if args.run is not None:
+        run_folder(args.runs_dir, args.run, "--run")
     if sum(x is not None for x in sources) > 1:
         raise ConfigError("--run, --state-dict and --model-dir conflict: pass one source of weights")
     if all(x is None for x in sources) and args.model is None:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from configs.errors import UserError
 from jax_nano.core.report import format_duration, parse_duration, write_text_atomic
+from jax_nano.core.safe_paths import refuse_symlink
 
 COLUMNS = (
     "date", "framework", "device", "active training time", "steps", "tokens", "tokens/s", "MFU",
@@ -223,6 +224,7 @@ def _table(path, track: str, lines: list[str]) -> _Table:
 
 def check_writable(path, track: str) -> None:
     """Raise now, before a run, what append_row would raise after it about the file itself."""
+    refuse_symlink(path, "leaderboard")  # its rows are written by a rename, never through a link
     _table(path, track, _read_lines(path))
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jax_nano.core.safe_paths import open_nofollow, refuse_symlink
 from jax_nano.core.storage import writing
 
 # Peak dense bf16 FLOP/s (no sparsity) by device-name fragment, SPEC section 5. H100 PCIe and NVL are slower
@@ -95,6 +96,7 @@ def _write_bytes_atomic(path, data: bytes) -> None:
     # A temp file in the target's directory, so os.replace is a same-filesystem rename: readers (and a crash)
     # see either the old file or the new one, never a partial write.
     path = Path(path)
+    refuse_symlink(path)  # the rename would replace the link; refused so a planted link is seen, not silently lost
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     # os.open with 0o666 lets the umask decide the mode, as for an ordinary new file (tempfile would give 0600).
@@ -141,12 +143,14 @@ class MetricsLog:
 
     def __init__(self, path, append: bool = False, before_step: int | None = None):
         self.path = Path(path)
+        refuse_symlink(self.path, "result file")
         with writing(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if append and before_step is not None and self.path.exists():
                 kept = [r for r in read_metrics(self.path) if r.get("step", -1) < before_step]
                 write_text_atomic(self.path, "".join(json.dumps(r, default=_json_default) + "\n" for r in kept))
-            self._file = open(self.path, "a" if append else "w", encoding="utf-8")
+            mode = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+            self._file = os.fdopen(open_nofollow(self.path, mode), "a" if append else "w", encoding="utf-8")
 
     def write(self, record: dict) -> None:
         with writing(self.path):

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from configs.errors import UserError
+from jax_nano.core.safe_paths import open_nofollow, refuse_symlink
 from jax_nano.core.storage import writing
 
 
@@ -28,10 +29,11 @@ class RunLock:
         self._fd = None
 
     def __enter__(self) -> "RunLock":
+        refuse_symlink(self.path.parent, "run folder")
         self._created = not self.path.parent.exists()
         with writing(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

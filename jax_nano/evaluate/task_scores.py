@@ -13,6 +13,7 @@ from pathlib import Path
 
 from configs.errors import UserError
 from jax_nano.core import report
+from jax_nano.core.safe_paths import check_name
 
 DEFAULT_TASKS = ("hellaswag", "arc_easy", "arc_challenge", "piqa", "lambada_openai")
 
@@ -135,6 +136,7 @@ def to_markdown(name: str, scores: dict) -> str:
 def write(results_dir, name: str, scores: dict) -> tuple[Path, Path]:
     """results/eval-<name>.md and .json, each written whole or not at all."""
     results_dir = Path(results_dir)
+    check_name(name, "the report's name")
     md, js = results_dir / f"eval-{name}.md", results_dir / f"eval-{name}.json"
     report.write_json_atomic(js, {"name": name, **scores})
     report.write_text_atomic(md, to_markdown(name, scores))

@@ -10,6 +10,8 @@ transformers and safetensors are imported only here and in hf.py (the optional `
 
 import contextlib
 import dataclasses
+import fcntl
+import html
 import json
 import os
 import secrets
@@ -19,6 +21,7 @@ from pathlib import Path
 from configs.errors import UserError
 from configs.model import ModelConfig
 from jax_nano.core.checksums import weights_sha256
+from jax_nano.core.safe_paths import check_path_arg, open_nofollow
 from jax_nano.interop.hf import FAMILIES, WEIGHTS, hf_config, require, to_hf
 from torch_ref.tensors import torch_state_dict
 
@@ -39,12 +42,37 @@ def check_format(fmt: str) -> None:
 
 def check_out(out, force: bool) -> Path:
     """`out` as a Path, once it is clear the export may be written there."""
-    out = Path(out)
+    out = check_path_arg(out, "--out")
     if out.exists() and not out.is_dir():
         raise ExportError(f"--out {out} is a file; pass a folder (it is created)")
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ExportError(f"--out {out} exists and is not empty; pass --force to replace it, or another --out")
     return out
+
+
+@contextlib.contextmanager
+def claimed(out: Path, force: bool):
+    """Hold `out` for this export: a flock on a file beside it, taken before `out` is checked, so of two exports
+    to one --out the second is refused (while the first writes, or by check_out once it has) instead of replacing
+    the first's folder. The kernel drops the lock however its holder ends."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = out.parent / f".{out.name}.export-lock"
+    fd = open_nofollow(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise ExportError(f"--out {out} is being written by another export (process {holder}); wait for it to "
+                          "end, then pass --force to replace its folder, or choose another --out") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        check_out(out, force)
+        yield out
+    finally:
+        lock.unlink(missing_ok=True)  # while still held: the next export makes a fresh one and checks `out` again
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -120,8 +148,21 @@ def write_hf(folder: Path, weights: dict, cfg: ModelConfig) -> None:
         write_tokenizer(folder, cfg)
 
 
+def card_text(value) -> str:
+    """`value` as inert Markdown text on one line: no control characters (no new heading or row), `|` escaped
+    (no new cell), `<`, `>` and `&` as HTML entities (no tags); names and figures come from files a stranger may
+    have written."""
+    text = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in str(value))
+    return html.escape(text, quote=False).replace("|", "\\|")
+
+
+def _figure(value, spec: str) -> str:
+    """A number formatted by `spec`; anything else a summary may hold, as inert text."""
+    return format(value, spec) if isinstance(value, int | float) and not isinstance(value, bool) else card_text(value)
+
+
 def _row(label: str, value) -> str:
-    return f"| {label} | {value} |"
+    return f"| {label} | {card_text(value)} |"
 
 
 def model_card(cfg: ModelConfig, weights: dict, summary: dict | None, source: str, has_tokenizer: bool) -> str:
@@ -135,13 +176,13 @@ def model_card(cfg: ModelConfig, weights: dict, summary: dict | None, source: st
     if summary is not None:
         eligible = "yes" if summary.get("eligible") else "no"
         rows += [_row("Track", summary.get("track")), _row("Framework", summary.get("framework")),
-                 _row("Device", summary.get("device")), _row("Steps", f"{summary.get('steps'):,}"),
-                 _row("Tokens", f"{summary.get('tokens'):,}"),
+                 _row("Device", summary.get("device")), _row("Steps", _figure(summary.get("steps"), ",")),
+                 _row("Tokens", _figure(summary.get("tokens"), ",")),
                  _row("Active Training Time", summary.get("active_time")),
-                 _row("Validation loss", f"{summary.get('val_loss'):.6f}"),
+                 _row("Validation loss", _figure(summary.get("val_loss"), ".6f")),
                  _row("Run weights_sha256", summary.get("weights_sha256")),
                  _row("data_sha256", summary.get("data_sha256")),
-                 _row("Parameters", f"{summary.get('params'):,}"),
+                 _row("Parameters", _figure(summary.get("params"), ",")),
                  _row("Eligible for the leaderboard", eligible),
                  _row("Date", summary.get("date")), _row("Commit", summary.get("commit"))]
     tokenizer_note = ("The tokenizer is SmolLM2-135M's (49,152 tokens), `<|endoftext|>` (id 0) ends a document."
@@ -149,7 +190,7 @@ def model_card(cfg: ModelConfig, weights: dict, summary: dict | None, source: st
                       f"No tokenizer is included: the model's {cfg.vocab_size}-token vocabulary is not SmolLM2's.")
     return "\n".join([
         "---", "library_name: transformers", "pipeline_tag: text-generation", "tags:", "- jax-nano",
-        "- blueberry-nano", "---", "", f"# {summary['run'] if summary else cfg.name}", "",
+        "- blueberry-nano", "---", "", f"# {card_text(summary.get('run') if summary else cfg.name)}", "",
         f"A Blueberry-Nano language model trained with jax-nano, exported as the stock transformers class "
         f"`{family.architecture}` (no custom code). {tokenizer_note}", "",
         "| Figure | Value |", "|---|---|", *rows, "",
@@ -173,7 +214,7 @@ def export(weights: dict, cfg: ModelConfig, out, fmt: str, *, force=False, summa
     go into upstream's model.pt. Returns `out`."""
     check_format(fmt)
     out = check_out(out, force)
-    with staged(out) as folder:
+    with claimed(out, force), staged(out) as folder:
         if fmt == "hf":
             write_hf(folder, weights, cfg)
             card = model_card(cfg, weights, summary, source, (folder / "tokenizer.json").is_file())

@@ -1,4 +1,5 @@
 """Is a model eligible for a Blueberry-Nano leaderboard? Counts parameters in both frameworks, allocating nothing.
+Also whether a run may be recorded at all (`record_refusal`, before it trains; `summary_refusal`, after).
 
     python -m jax_nano.run.eligibility --model blueberry-151m
 """
@@ -8,7 +9,9 @@ import sys
 from dataclasses import dataclass
 
 from configs.model import ELIGIBILITY_BANDS, PRESETS, ModelConfig, get_model_config
+from configs.tracks import TRACKS, Track
 from jax_nano.core.cli import run_main
+from jax_nano.core.report import n_matmul_params
 
 
 def in_band(params: int, band_of: str) -> bool:
@@ -43,6 +46,50 @@ def check(cfg: ModelConfig, band_of: str | None = None) -> Eligibility:
 
     band_of = band_of or cfg.name
     return Eligibility(cfg.name, jax_count(cfg), torch_count(cfg), band_of)
+
+
+# What makes a track the track: a record that changed one of them ran another race.
+RULES = ("batch_size", "seq_len", "target_loss", "target_tokens", "max_tokens", "max_steps")
+
+
+def band_of(track: Track) -> str:
+    """The preset whose parameter band a run of `track` is judged by: the track's own model's."""
+    return TRACKS[track.name].model if track.name in TRACKS else track.model
+
+
+def record_refusal(track: Track) -> str | None:
+    """Why a run of `track` as configured cannot enter the leaderboard, or None when it can; asked before training."""
+    own = TRACKS.get(track.name)
+    if own is None or not own.leaderboard:
+        return f"track {track.name!r} has no leaderboard; --record needs a real track"
+    changed = [f"{f.replace('_', '-')} {getattr(track, f)} (the track's: {getattr(own, f)})" for f in RULES
+               if getattr(track, f) != getattr(own, f)]
+    if changed:
+        return f"the run changes the {track.name} track's rules: {'; '.join(changed)}; drop those flags"
+    cfg, band = track.model_config, band_of(track)
+    params = planned_params(cfg)
+    if not in_band(params, band):
+        lo, hi = ELIGIBILITY_BANDS[band]
+        return (f"model {cfg.name} has {params:,} parameters, outside the {track.name} track's band "
+                f"{lo / 1e6:.2f}M..{hi / 1e6:.2f}M ({band}); train {band} (drop --model)")
+    return None
+
+
+def planned_params(cfg: ModelConfig) -> int:
+    """The parameter count from the config alone, before any framework builds the model: the matrices (the tied
+    embedding once) plus every norm weight (two per block, q and k norms per head, the final one)."""
+    return n_matmul_params(cfg) + cfg.n_layers * (2 * cfg.d_model + 2 * cfg.head_dim) + cfg.d_model
+
+
+def summary_refusal(summary: dict) -> str | None:
+    """Why a run's summary cannot enter the leaderboard (unfinished, target missed, out of band), or None."""
+    if not summary.get("finished"):
+        return f"run {summary.get('run')!r} did not finish"
+    if summary.get("reached_target") is False:
+        return f"run {summary.get('run')!r} did not reach the track's target loss"
+    if not summary.get("eligible"):
+        return f"run {summary.get('run')!r} is not eligible: {summary.get('params'):,} parameters out of the band"
+    return None
 
 
 def main(argv=None) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 from configs.errors import UserError
 from configs.model import CUSTOM, shape_changes
 from configs.tracks import Track
-from jax_nano.core import checksums, loop, report, storage
+from jax_nano.core import checksums, loop, report, safe_paths, storage
 from jax_nano.core.checkpoints import check_fingerprint, fingerprint, saved_model
 from jax_nano.core.guard import Diverged
 from jax_nano.core.preemption import StopSignals
@@ -25,7 +25,7 @@ from jax_nano.core.runlock import RunLock
 from jax_nano.core.trainer import Trainer
 from jax_nano.data.loader import TrainLoader, val_batches
 from jax_nano.data.token_store import open_store, require_tokens
-from jax_nano.run.eligibility import in_band
+from jax_nano.run.eligibility import band_of, in_band
 
 EXPORT_FORMATS = ("plain", "upstream")
 # framework -> the module and class of its trainer, imported only when a run asks for that framework
@@ -75,12 +75,13 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     process 0 writes the results, the plot and the exported weights, and shows the progress bar. Signals are
     left to their default there: every process would have to agree on the step to stop at."""
     run_name = run_name or f"{track.name}-{track.framework}"
+    run_dir = safe_paths.run_folder(runs_dir, run_name)
+    safe_paths.result_files(results_dir, run_name)
     if export_format not in EXPORT_FORMATS:
         raise RunError(f"unknown export format {export_format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
     framework = trainer_class(track.framework)
     built_mesh = framework.mesh_for(track, mesh)
     index, count = framework.processes()
-    run_dir = Path(runs_dir) / run_name
     with RunLock(run_dir, run_name, index if count > 1 else None), StopSignals(enabled=count == 1) as stop:
         return _speedrun(track, framework, built_mesh, (index, count), run_name, run_dir, Path(results_dir),
                          resume=resume, stop_after=stop_after, init_from=init_from, export_to=export_to,
@@ -280,7 +281,7 @@ def summarize(track: Track, facts: dict, progress: loop.Progress, final: dict, s
         "setup_time_s": setup_s, "eval_time_s": progress.eval_time_s,
         "tokens_per_s": tokens_per_s, "mfu": report.mfu(tokens_per_s, cfg, track.seq_len, device),
         "peak_memory_bytes": facts["peak_memory_bytes"], "params": facts["params"],
-        "eligible": in_band(facts["params"], cfg.name),
+        "eligible": in_band(facts["params"], band_of(track)),
         "compiles_during_run": compiles, "evals": progress.evals,
         "n_devices": facts["n_devices"], "n_processes": facts["n_processes"], "mesh": facts["mesh"],
         "tokens_per_s_per_device": tokens_per_s / facts["n_devices"],

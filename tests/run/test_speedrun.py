@@ -164,15 +164,21 @@ def test_smoke_command_runs_from_the_cli(smoke_cli_run):
     assert json.loads((folder / "results" / "smoke-jax.json").read_text())["steps"] == 8
 
 
-def test_record_appends_the_runs_row_to_its_track_table(toy_store, tmp_path):
-    from jax_nano.core.leaderboard import read_rows
+def test_a_runs_summary_becomes_a_row_of_its_track_table(toy_store, tmp_path):
+    """The row `--record` appends, from a real run's summary; the tiny model itself is refused by `--record`
+    (tests/run/test_record_rules.py), so the row is appended here as scripts/speedrun.py appends it."""
+    from jax_nano.core.leaderboard import append_row, read_rows, row_from_summary
+    from jax_nano.run.eligibility import summary_refusal
 
     board = tmp_path / "LEADERBOARD.md"
     board.write_text((ROOT / "LEADERBOARD.md").read_text())
     out = cli("--track", "8M", "--model", "tiny", "--data", toy_store, "--seq-len", "64", "--batch-size", "8",
               "--tokens", str(8 * 64 * 3), "--precision", "float32", "--eval-batches", "2", "--warmup-steps", "1",
-              "--record", "--leaderboard", str(board), cwd=tmp_path)
+              cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-2000:]
+    finished = json.loads((tmp_path / "results" / "8M-jax.json").read_text())
+    assert "is not eligible: 156,032 parameters" in summary_refusal(finished)
+    append_row(board, "8M", row_from_summary(finished))
     rows = read_rows(board)
     assert [len(rows[t]) for t in ("8M", "4.5loss", "1B")] == [1, 0, 0]
     summary = json.loads((tmp_path / "results" / "8M-jax.json").read_text())
