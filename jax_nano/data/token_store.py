@@ -28,6 +28,7 @@ SPLIT_SEED = 42
 
 _TOKENS, _HEADER = "tokens.bin", "header.json"
 _DTYPE = np.dtype("<u2")
+_MAX_HEADER_BYTES = 1 << 20  # a header is well under 10 KB; provenance notes included
 _REQUIRED_KEYS = ("format", "vocab_size", "seq_len", "n_tokens", "n_rows", "sha256", "val_fraction", "split_seed")
 
 
@@ -173,12 +174,15 @@ def _read_header(path: Path) -> tuple[dict, str]:
     hp = path / _HEADER
     if not hp.is_file():
         raise DataError(f"{path} is not a token store (no {_HEADER}); build one with python scripts/prepare_data.py")
+    if hp.stat().st_size > _MAX_HEADER_BYTES:
+        raise DataError(f"{hp} is {hp.stat().st_size:,} bytes, not a header (at most {_MAX_HEADER_BYTES:,}); rebuild "
+                        "the store with prepare_data")
     try:
         raw = hp.read_bytes()
         header = json.loads(raw.decode("utf-8"))
     except OSError as e:
         raise DataError(f"{hp} cannot be read ({e.strerror}); check its permissions") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise DataError(
             f"{hp} is not valid JSON ({e.__class__.__name__}); rebuild the store with prepare_data"
         ) from None

@@ -171,13 +171,19 @@ def from_hf(hf: dict, cfg: ModelConfig, where="folder") -> dict:
     return sd
 
 
+MAX_JSON_BYTES = 16 << 20  # a config or shard index is a few KB
+
+
 def _read_json(path: Path, where) -> dict:
+    if path.is_symlink() or (path.exists() and (not path.is_file() or path.stat().st_size > MAX_JSON_BYTES)):
+        raise HFError(f"{where}: {path.name} is not a regular file of at most {MAX_JSON_BYTES:,} bytes (a symlink, "
+                      "device or oversized file is not read)")
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise HFError(f"{where}: has no {path.name}; pass a folder written by scripts/export.py --format hf "
                       "(or another transformers model folder)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise HFError(f"{where}: {path.name} is not readable JSON ({type(e).__name__})") from None
     if not isinstance(obj, dict):
         raise HFError(f"{where}: {path.name} holds no JSON object")

@@ -81,3 +81,12 @@ def test_both_trainers_refuse_the_store_in_one_line(tmp_path, capsys, framework)
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {store / 'tokens.bin'} holds token id 600") and "\n" not in err, err
     assert "vocabulary [0, 512)" in err
+
+
+def test_a_header_too_large_to_be_one_is_not_read(tmp_path):
+    make_store(tmp_path / "s", vocab=1000)
+    header = json.loads((tmp_path / "s" / "header.json").read_text())
+    header["note"] = "x" * (2 << 20)
+    (tmp_path / "s" / "header.json").write_text(json.dumps(header))
+    with pytest.raises(DataError, match="not a header"):
+        open_store(tmp_path / "s")

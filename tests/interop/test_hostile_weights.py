@@ -162,3 +162,13 @@ def test_a_float8_shard_is_a_one_line_error(tmp_path, tiny_sd):
     tensors["model.norm.weight"] = tensors["model.norm.weight"].to(torch.float8_e5m2)
     save_file(tensors, folder / "shard-1.safetensors")
     hf_refused(folder, "tensor model.norm.weight has dtype float8_e5m2")
+
+
+def test_a_config_that_is_a_device_or_too_deep_is_not_read(tmp_path, tiny_sd):
+    folder = hf_folder(tmp_path / "zero", tiny_sd)
+    (folder / "config.json").unlink()
+    (folder / "config.json").symlink_to("/dev/zero")  # read whole, it would never end
+    hf_refused(folder, "config.json is not a regular file of at most 16,777,216 bytes")
+    folder = hf_folder(tmp_path / "deep", tiny_sd)
+    (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    hf_refused(folder, "config.json is not readable JSON (RecursionError)")
