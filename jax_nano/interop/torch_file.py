@@ -252,7 +252,7 @@ def load(path):
     try:
         archive = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
-        raise TorchFileError("is not a torch.save zip archive (or is truncated)") from None
+        raise TorchFileError("is not a PyTorch checkpoint (not a torch.save zip archive, or one cut short)") from None
     with archive:
         entries = archive.infolist()
         if len(entries) > MAX_ENTRIES:
