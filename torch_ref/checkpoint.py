@@ -28,7 +28,8 @@ def found(folder: Path) -> list:
 
 
 def problem(folder: Path, step: int) -> str | None:
-    return checksums.problem(folder, _sums(folder / f"{step}.pt"))
+    pt = folder / f"{step}.pt"  # the manifest must cover the checkpoint itself, whatever else it lists
+    return checksums.problem(folder, _sums(pt), present=[pt])
 
 
 def save_torch(obj, path, before_rename=None) -> None:

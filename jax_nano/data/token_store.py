@@ -28,6 +28,7 @@ SPLIT_SEED = 42
 
 _TOKENS, _HEADER = "tokens.bin", "header.json"
 _DTYPE = np.dtype("<u2")
+_MAX_HEADER_BYTES = 1 << 20  # a header is well under 10 KB; provenance notes included
 _REQUIRED_KEYS = ("format", "vocab_size", "seq_len", "n_tokens", "n_rows", "sha256", "val_fraction", "split_seed")
 
 
@@ -93,7 +94,7 @@ def write_store(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        sha, n_tokens, n_dropped = _write_tokens(tmp / _TOKENS, tokens_iter_or_array, seq_len, vocab_size)
+        sha, n_tokens, n_dropped, max_id = _write_tokens(tmp / _TOKENS, tokens_iter_or_array, seq_len, vocab_size)
         if n_tokens == 0:
             raise DataError(f"no complete row of {seq_len} tokens in the input ({n_dropped} tokens); nothing written")
         header = {
@@ -112,6 +113,7 @@ def write_store(
             "created_by": "jax_nano.data.token_store.write_store",
             "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             **(extra or {}),
+            "max_id": max_id,
         }
         (tmp / _HEADER).write_text(json.dumps(header, indent=2) + "\n")
         refuse_existing(out, overwrite)  # the input may have taken hours; re-check before replacing
@@ -133,9 +135,10 @@ def _chunks(tokens) -> Iterable[np.ndarray]:
             yield np.asarray(chunk).reshape(-1)
 
 
-def _write_tokens(path: Path, tokens, seq_len: int, vocab_size: int) -> tuple[str, int, int]:
-    """Write only whole rows (so the hash covers exactly what is kept); return (sha256, n_written, n_dropped)."""
-    sha, n, carry = hashlib.sha256(), 0, np.empty(0, _DTYPE)
+def _write_tokens(path: Path, tokens, seq_len: int, vocab_size: int) -> tuple[str, int, int, int]:
+    """Write only whole rows (so the hash covers exactly what is kept); return (sha256, n_written, n_dropped,
+    the largest id written)."""
+    sha, n, carry, top = hashlib.sha256(), 0, np.empty(0, _DTYPE), 0
     with open(path, "wb") as f:
         for chunk in _chunks(tokens):
             if chunk.size == 0:
@@ -148,12 +151,13 @@ def _write_tokens(path: Path, tokens, seq_len: int, vocab_size: int) -> tuple[st
                 raise DataError(f"token id {bad} is outside the vocabulary [0, {vocab_size}); wrong tokenizer or vocab")
             buf = np.concatenate([carry, chunk.astype(_DTYPE)])
             keep = buf.size - buf.size % seq_len
+            top = max(top, int(buf[:keep].max())) if keep else top
             data = buf[:keep].tobytes()
             f.write(data)
             sha.update(data)
             n += keep
             carry = buf[keep:]
-    return sha.hexdigest(), n, int(carry.size)
+    return sha.hexdigest(), n, int(carry.size), top
 
 
 # --------------------------------------------------------------------------- reading
@@ -170,12 +174,15 @@ def _read_header(path: Path) -> tuple[dict, str]:
     hp = path / _HEADER
     if not hp.is_file():
         raise DataError(f"{path} is not a token store (no {_HEADER}); build one with python scripts/prepare_data.py")
+    if hp.stat().st_size > _MAX_HEADER_BYTES:
+        raise DataError(f"{hp} is {hp.stat().st_size:,} bytes, not a header (at most {_MAX_HEADER_BYTES:,}); rebuild "
+                        "the store with prepare_data")
     try:
         raw = hp.read_bytes()
         header = json.loads(raw.decode("utf-8"))
     except OSError as e:
         raise DataError(f"{hp} cannot be read ({e.strerror}); check its permissions") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
         raise DataError(
             f"{hp} is not valid JSON ({e.__class__.__name__}); rebuild the store with prepare_data"
         ) from None
@@ -189,6 +196,10 @@ def _read_header(path: Path) -> tuple[dict, str]:
             raise DataError(f"{hp} has a damaged {key} ({header[key]!r}); rebuild the store with prepare_data")
     if header["n_tokens"] != header["n_rows"] * header["seq_len"]:
         raise DataError(f"{hp} is inconsistent: n_tokens != n_rows * seq_len; rebuild the store")
+    top = header.get("max_id", 0)
+    if not isinstance(top, int) or isinstance(top, bool) or not 0 <= top < header["vocab_size"]:
+        raise DataError(f"{hp} has a damaged max_id ({top!r}), not an id of its vocabulary [0, "
+                        f"{header['vocab_size']}); rebuild the store with prepare_data")
     return header, hashlib.sha256(raw).hexdigest()
 
 
@@ -256,6 +267,7 @@ def open_store(path_or_name, *, vocab_size: int | None = None, seq_len: int | No
             raise DataError(f"{tp} is corrupted (sha256 differs from {_HEADER}); rebuild it with prepare_data")
     except OSError as e:
         raise DataError(f"{tp} cannot be read ({e.strerror}); check its permissions") from None
+    _check_ids(tp, header)
     if vocab_size is not None and vocab_size != header["vocab_size"]:
         raise DataError(
             f"store {path} was tokenized for vocab {header['vocab_size']}, the model has vocab {vocab_size}; "
@@ -269,6 +281,23 @@ def open_store(path_or_name, *, vocab_size: int | None = None, seq_len: int | No
             f"(e.g. {native} or {native // 16}); or rebuild the store with --seq-len {seq_len}"
         )
     return TokenStore(path, header, seq_len, header_sha256)
+
+
+def _check_ids(tp: Path, header: dict, chunk: int = 1 << 24) -> None:
+    """Every id of tokens.bin below the header's vocab_size (a vectorised max over the memory map, chunk by
+    chunk), and the header's max_id, when it records one, the true maximum."""
+    tokens, vocab, top = np.memmap(tp, dtype=_DTYPE, mode="r"), header["vocab_size"], 0
+    for start in range(0, tokens.size, chunk):
+        part = tokens[start:start + chunk]
+        top = max(top, int(part.max()))
+        if top >= vocab:
+            at = start + int(np.argmax(part >= vocab))
+            raise DataError(f"{tp} holds token id {int(tokens[at])} (at token {at:,}), outside the vocabulary [0, "
+                            f"{vocab}) of its header; rebuild the store with the model's tokenizer "
+                            "(scripts/prepare_data.py)")
+    if "max_id" in header and header["max_id"] != top:
+        raise DataError(f"{tp.parent / _HEADER} records max_id {header['max_id']}, {tp.name} holds ids up to {top}; "
+                        "rebuild the store with prepare_data")
 
 
 def require_tokens(store: TokenStore, needed: int, what: str) -> None:

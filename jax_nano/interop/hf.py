@@ -171,13 +171,19 @@ def from_hf(hf: dict, cfg: ModelConfig, where="folder") -> dict:
     return sd
 
 
+MAX_JSON_BYTES = 16 << 20  # a config or shard index is a few KB
+
+
 def _read_json(path: Path, where) -> dict:
+    if path.is_symlink() or (path.exists() and (not path.is_file() or path.stat().st_size > MAX_JSON_BYTES)):
+        raise HFError(f"{where}: {path.name} is not a regular file of at most {MAX_JSON_BYTES:,} bytes (a symlink, "
+                      "device or oversized file is not read)")
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise HFError(f"{where}: has no {path.name}; pass a folder written by scripts/export.py --format hf "
                       "(or another transformers model folder)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise HFError(f"{where}: {path.name} is not readable JSON ({type(e).__name__})") from None
     if not isinstance(obj, dict):
         raise HFError(f"{where}: {path.name} holds no JSON object")
@@ -222,24 +228,46 @@ def config_from_hf(config: dict, where="folder", name=CUSTOM) -> ModelConfig:
         raise HFError(f"{where}: config.json describes no model of this project ({e})") from None
 
 
+def shard_files(folder: Path, where) -> list[Path]:
+    """The files of a sharded folder's `model.safetensors.index.json`: its weight_map must map tensor names to
+    plain file names (no folder, no `..`) of regular files in the folder itself, never reached through a symlink."""
+    weight_map = _read_json(folder / INDEX, where).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+        raise HFError(f"{where}: {INDEX}'s weight_map is not a mapping of tensor names to file names; export the "
+                      "folder again with scripts/export.py --format hf")
+    files = sorted(set(weight_map.values()))
+    for name in files:
+        if Path(name).name != name or name in (".", "..") or "\\" in name or "\0" in name:
+            raise HFError(f"{where}: {INDEX} names {name!r:.100}, not a file of the folder itself; a model folder "
+                          "may only name its own files")
+    return [folder / name for name in files]
+
+
 def read_tensors(folder: Path, where) -> dict:
     """name -> torch tensor of a folder's `model.safetensors` (or its shards)."""
     require("safetensors")
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
+    from jax_nano.interop.torch_file import TorchFileError, check_dtypes
+
     files = [folder / WEIGHTS]
     if not files[0].is_file() and (folder / INDEX).is_file():
-        weight_map = _read_json(folder / INDEX, where).get("weight_map") or {}
-        files = [folder / f for f in sorted(set(weight_map.values()))]
+        files = shard_files(folder, where)
     tensors = {}
     for path in files:
-        if not path.is_file():
-            raise HFError(f"{where}: has no {path.name}; pass a folder written by scripts/export.py --format hf")
+        if path.is_symlink() or not path.is_file():
+            raise HFError(f"{where}: has no {path.name} (or it is a symlink, which is not followed); pass a folder "
+                          "written by scripts/export.py --format hf")
         try:
             tensors.update(load_file(path))
         except (SafetensorError, OSError, ValueError) as e:
             raise HFError(f"{where}: {path.name} is damaged or not safetensors ({str(e)[:120]})") from None
+    try:
+        check_dtypes(tensors)
+    except TorchFileError as e:
+        raise HFError(f"{where}: {e}") from None
     return tensors
 
 

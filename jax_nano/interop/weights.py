@@ -2,18 +2,16 @@
 (ours, or upstream's trainer's `model.pt`), or a fresh model of a preset.
 
 Upstream's `model.pt` is `{"model_state_dict", "config", "metrics", "step"}` where `config` is a pickled
-dataclass of upstream's own module `configs.llm_config`. It is read with a restricted unpickler: tensors,
-containers and plain values are rebuilt; any other class or function the file names becomes an inert
-`Opaque` record of its pickled state, so nothing of upstream's code is imported or run. Only the tensors
-are used; the model's shape is inferred from them, not from the pickled config.
+dataclass of upstream's own module `configs.llm_config`. It is read as untrusted data
+(jax_nano/interop/torch_file.py): tensors, containers and plain values are rebuilt, bounded by the bytes the file
+holds; any other class or function the file names becomes an inert `Opaque` record of its pickled state, so
+nothing of upstream's code is imported or run. Only the tensors are used; the model's shape is inferred from
+them, not from the pickled config.
 """
 
 import dataclasses
 import json
-import pickle
-import types
 import zipfile
-from collections import OrderedDict
 from pathlib import Path
 
 import jax
@@ -26,6 +24,8 @@ from configs.errors import UserError
 from configs.model import CUSTOM, PRESETS, ConfigError, ModelConfig, get_model_config
 from jax_nano.checkpoint import Checkpoints
 from jax_nano.core.checkpoints import saved_model
+from jax_nano.interop import torch_file
+from jax_nano.interop.torch_file import TorchFileError, check_dtypes, plain
 from jax_nano.layout import (
     ConversionError,
     check_state_dict,
@@ -43,69 +43,6 @@ COMPILE_PREFIX = "_orig_mod."  # what torch.compile puts in front of every param
 
 class WeightsError(UserError, ValueError):
     """Weights that cannot be read or do not fit; one line naming the file and the problem."""
-
-
-class Opaque:
-    """A pickled object of a class this reader does not trust: its recorded arguments and state, no code."""
-
-    origin = "?"
-
-    def __new__(cls, *args, **kwargs):
-        obj = super().__new__(cls)
-        obj.args, obj.state = args, None
-        return obj
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def __setstate__(self, state):
-        self.state = state
-
-    def __repr__(self):
-        return f"Opaque({self.origin})"
-
-
-def _trusted_globals() -> dict:
-    """The globals a torch.save'd state_dict needs: tensor rebuilders, dtypes, sizes, ordered dicts."""
-    trusted = {("collections", "OrderedDict"): OrderedDict, ("torch", "Size"): torch.Size,
-               ("torch", "device"): torch.device,
-               ("torch.nn.parameter", "Parameter"): torch.nn.Parameter}
-    for name in ("_rebuild_tensor", "_rebuild_tensor_v2", "_rebuild_parameter", "_rebuild_parameter_with_state"):
-        trusted[("torch._utils", name)] = getattr(torch._utils, name)
-    for name in dir(torch):
-        if isinstance(getattr(torch, name), torch.dtype):
-            trusted[("torch", name)] = getattr(torch, name)
-    return trusted
-
-
-_TRUSTED = _trusted_globals()
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) in _TRUSTED:
-            return _TRUSTED[(module, name)]
-        return type(name, (Opaque,), {"origin": f"{module}.{name}"})
-
-
-def _restricted_load(file, **kwargs):
-    return _RestrictedUnpickler(file, **kwargs).load()
-
-
-# What torch.load calls for its `pickle_module`: the storages come through torch's own persistent_load.
-_RESTRICTED_PICKLE = types.SimpleNamespace(__name__="restricted_pickle", Unpickler=_RestrictedUnpickler,
-                                           load=_restricted_load)
-
-
-def plain(obj):
-    """Opaque records turned into dicts (their pickled state), recursively: what a config or metrics held."""
-    if isinstance(obj, Opaque):
-        return plain(obj.state) if isinstance(obj.state, dict) else {"args": plain(list(obj.args))}
-    if isinstance(obj, dict):
-        return {k: plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(plain(v) for v in obj)
-    return obj
 
 
 def _first_line(e: Exception) -> str:
@@ -130,13 +67,13 @@ def read_checkpoint(path) -> dict:
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: the file is empty; pass a PyTorch state_dict or upstream's model.pt")
     try:
-        obj = torch.load(path, map_location="cpu", pickle_module=_RESTRICTED_PICKLE, weights_only=False)
-    except Exception as e:  # torch, zipfile and pickle raise many types for a file that is not a checkpoint
-        with path.open("rb") as f:
-            zipped = f.read(2) == b"PK"  # torch.save writes a zip archive: this one is cut or corrupted
-        what = "is truncated or damaged" if zipped or zipfile.is_zipfile(path) else "is not a PyTorch checkpoint"
-        raise WeightsError(f"{path}: {what} ({_first_line(e)}); pass a file written by torch.save "
-                           "(a state_dict or upstream's model.pt)") from None
+        obj = torch_file.load(path)
+    except TorchFileError as e:
+        raise WeightsError(f"{path}: {e}; pass a file written by torch.save (a state_dict or upstream's model.pt)"
+                           ) from None
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:  # a zip cut short is found while reading it
+        raise WeightsError(f"{path}: is truncated or damaged ({_first_line(e)}); pass a file written by "
+                           "torch.save (a state_dict or upstream's model.pt)") from None
     extras = {"config": None, "metrics": None, "step": None}
     if isinstance(obj, dict) and "model_state_dict" in obj:
         extras = {k: plain(obj.get(k)) for k in extras}
@@ -146,7 +83,15 @@ def read_checkpoint(path) -> dict:
         raise WeightsError(f"{path}: holds no state_dict (a dict of tensors, or upstream's "
                            f"{{'model_state_dict': ...}}); pass a model checkpoint")
     state_dict = {k.removeprefix(COMPILE_PREFIX): v for k, v in obj.items()}
+    _check_dtypes(state_dict, path)
     return {"model_state_dict": state_dict, **extras}
+
+
+def _check_dtypes(state_dict: dict, where) -> None:
+    try:
+        check_dtypes(state_dict)
+    except TorchFileError as e:
+        raise WeightsError(f"{where}: {e}") from None
 
 
 def _read_safetensors(path: Path) -> dict:
@@ -165,6 +110,7 @@ def _read_safetensors(path: Path) -> dict:
         raise WeightsError(f"{path}: is truncated or damaged or not safetensors ({_first_line(e)})") from None
     if not state_dict:
         raise WeightsError(f"{path}: holds no tensors; pass a model's state_dict")
+    _check_dtypes(state_dict, path)
     return {"model_state_dict": {k.removeprefix(COMPILE_PREFIX): v for k, v in state_dict.items()},
             "config": config, "metrics": None, "step": None}
 
