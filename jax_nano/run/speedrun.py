@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from configs import variants
 from configs.errors import UserError
 from configs.model import CUSTOM, shape_changes
 from configs.tracks import Track
@@ -125,9 +126,9 @@ def _speedrun(track, framework, built_mesh, processes, run_name, run_dir, result
     if resume:
         saved = trainer.saved_fingerprint(step)
         model = saved_model(saved)
-        if model is not None and model.name == CUSTOM and not track.model_changes:
+        if model is not None and model.name == CUSTOM and track.model_config.name != CUSTOM:
             # A run of a model no preset has (begun with --init-from): its shapes come from its checkpoint.
-            track = track.replace(model_changes=shape_changes(model))
+            track = _with_shapes(track, model)
             trainer = make_trainer(track, run_dir, None, built_mesh)
         note = check_fingerprint(saved, fingerprint(track, trainer.cfg), folder / str(step))
         if note and lead:
@@ -198,12 +199,18 @@ def _weights_to_start_from(track: Track, init_from, lead: bool) -> tuple[Track, 
     tensors = checkpoint["model_state_dict"]
     found = infer_config(tensors, where=init_from, saved=checkpoint["config"])
     if found.name == CUSTOM:
-        track = track.replace(model_changes=shape_changes(found))
+        track = _with_shapes(track, found)
         if lead:
             print(f"--init-from {init_from}: a model of no preset (d_model {found.d_model}, {found.n_layers} layers, "
                   f"{found.n_heads}/{found.n_kv_heads} heads, d_ff {found.d_ff}, {found.mlp}); training it as it is",
                   file=sys.stderr)
     return track, fit_state_dict(tensors, track.model_config, where=init_from)
+
+
+def _with_shapes(track: Track, model) -> Track:
+    """`track` training `model`'s shapes, with the variants the track itself asks for."""
+    changes = {**dict(shape_changes(model)), **dict(track.model_changes)}
+    return track.replace(model_changes=tuple(sorted(changes.items())))
 
 
 def checkpoint_path(trainer: Trainer, step: int) -> Path:
@@ -284,7 +291,7 @@ def summarize(track: Track, facts: dict, progress: loop.Progress, final: dict, s
         "compiles_during_run": compiles, "evals": progress.evals,
         "n_devices": facts["n_devices"], "n_processes": facts["n_processes"], "mesh": facts["mesh"],
         "tokens_per_s_per_device": tokens_per_s / facts["n_devices"],
-        "track_config": dataclasses.asdict(track),
+        "variants": variants.values(track), "track_config": dataclasses.asdict(track),
     }
 
 
@@ -302,6 +309,7 @@ def describe(summary: dict) -> str:
         f"  {summary['steps']:,} steps   {summary['tokens']:,} tokens   "
         f"{summary['tokens_per_s']:,.0f} tokens/s   MFU {mfu}",
         f"  peak device memory {peak / 2**30:.2f} GiB" if peak else "  peak device memory: not reported by this device",
+        f"  variants: {variants.describe_values(summary['variants'])}",
         f"  {summary['params']:,} parameters: "
         f"{'eligible' if summary['eligible'] else 'not eligible'} for a leaderboard",
         f"  results/{summary['run']}.json, .jsonl, .png",
