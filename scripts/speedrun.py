@@ -40,6 +40,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--export-format", default="plain", choices=("plain", "upstream"),
                    help="--export-torch writes a bare state_dict (plain) or upstream's model.pt layout")
     p.add_argument("--record", action="store_true", help="append the result to LEADERBOARD.md")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the track N times (runs RUN-1ofN ..); --record then writes one row of their mean and\n"
+                        "spread and prints the p-value that they beat the fastest row on this device")
     p.add_argument("--leaderboard", default=str(ROOT / "LEADERBOARD.md"), help=argparse.SUPPRESS)
     p.add_argument("--results-dir", default="results")
     p.add_argument("--runs-dir", default="runs")
@@ -92,6 +95,10 @@ def main(argv=None) -> int:
     xla_flags.apply_default_flags()  # before JAX starts a backend
     args = parser().parse_args(argv)
     args.resume = args.resume or args.resume_from_good
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats {args.repeats}: must be >= 1 (the runs one leaderboard row averages)")
+    if args.repeats > 1 and args.stop_after is not None:
+        raise ConfigError("--repeats and --stop-after conflict: repeated runs each run to the end")
     track = track_from_args(args)
     if args.record and not track.leaderboard:
         raise ConfigError(f"track {track.name!r} has no leaderboard; --record needs a real track")
@@ -108,13 +115,22 @@ def main(argv=None) -> int:
 
     import jax
 
-    from jax_nano.run import speedrun
+    from jax_nano.run import records, speedrun
 
     use_compilation_cache()
-    summary = speedrun.speedrun(track, run_name=args.run_name, results_dir=args.results_dir, runs_dir=args.runs_dir,
-                                resume=args.resume, stop_after=args.stop_after, init_from=args.init_from,
-                                export_to=args.export_torch, export_format=args.export_format,
-                                show_bar=not args.no_bar, mesh=mesh, fallback=args.resume_from_good)
+    names = records.repeat_names(args.run_name or f"{track.name}-{track.framework}", args.repeats)
+    summaries = []
+    for i, name in enumerate(names):
+        done = speedrun.finished_summary(args.results_dir, name) if args.resume and len(names) > 1 else None
+        resume = args.resume and (len(names) == 1 or speedrun.has_checkpoints(Path(args.runs_dir) / name))
+        summary = done or speedrun.speedrun(
+            track, run_name=name, results_dir=args.results_dir, runs_dir=args.runs_dir, resume=resume,
+            stop_after=args.stop_after, init_from=None if resume else args.init_from,
+            export_to=args.export_torch if i == len(names) - 1 else None, export_format=args.export_format,
+            show_bar=not args.no_bar, mesh=mesh, fallback=args.resume_from_good)
+        summaries.append(summary)
+        if not summary["finished"]:
+            break
     if jax.process_index() != 0:
         return 0
     if not summary["finished"]:
@@ -128,12 +144,15 @@ def main(argv=None) -> int:
         print(f"stopped at step {summary['next_step']} ({saved}); continue with: {again}")
         return 0
     print(speedrun.describe(summary))
+    if len(summaries) > 1:
+        print(records.spread_line(summaries))
     if args.record:
         from jax_nano.core.storage import writing
 
+        print(records.claim(args.leaderboard, track.name, summaries))
         with writing(args.leaderboard):
-            leaderboard.append_row(args.leaderboard, track.name, leaderboard.row_from_summary(summary))
-        print(f"recorded in {args.leaderboard}")
+            leaderboard.append_row(args.leaderboard, track.name, leaderboard.row_from_summaries(summaries))
+        print(f"recorded in {args.leaderboard} ({len(summaries)} run{'s' if len(summaries) > 1 else ''})")
     return 0
 
 

@@ -75,12 +75,13 @@ def add_flag(parser, flag: str, kind, text: str) -> None:
 
 
 def add_track_flags(parser: argparse.ArgumentParser, skip=()) -> None:
-    """One flag per overridable track field, and --variant."""
+    """One flag per overridable track field, and --variant NAME[=VALUE] (unless `skip` names it)."""
     for flag, (_, kind, text) in OVERRIDES.items():
         if flag not in skip:
             add_flag(parser, flag, kind, text)
-    parser.add_argument("--variant", action="append", default=None, metavar="NAME[=VALUE]",
-                        help=f"turn a variant on by name (repeatable): {', '.join(VARIANTS)} (docs/variants.md)")
+    if "variant" not in skip:
+        parser.add_argument("--variant", action="append", default=None, metavar="NAME[=VALUE]",
+                            help=f"turn a variant on by name (repeatable): {', '.join(VARIANTS)} (docs/variants.md)")
 
 
 def track_from_args(args) -> Track:

@@ -8,6 +8,7 @@ talks to it only through the interface of jax_nano/core/trainer.py.
 import dataclasses
 import datetime
 import importlib
+import json
 import math
 import subprocess
 import sys
@@ -89,19 +90,32 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
                          stop=stop)
 
 
+def has_checkpoints(run_dir: Path) -> bool:
+    """Whether the run has a finished checkpoint (a save cut short leaves temporary files, not a checkpoint)."""
+    folder = Path(run_dir) / "checkpoints"
+    return folder.is_dir() and any(p.name.isdigit() or p.name.removesuffix(".pt").isdigit() for p in folder.iterdir())
+
+
+def finished_summary(results_dir, run_name: str) -> dict | None:
+    """The summary of run `run_name` if it finished (results/<run>.json), else None."""
+    path = Path(results_dir) / f"{run_name}.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("finished") else None
+
+
 def _speedrun(track, framework, built_mesh, processes, run_name, run_dir, results_dir, *, resume, stop_after,
               init_from, export_to, export_format, show_bar, save_final, fallback, stop) -> dict:
     """`speedrun` with the run folder locked and the signals caught."""
     index, count = processes
     lead = index == 0
     share = {"process_index": index, "process_count": count}
-    # Only finished checkpoints count: a save cut short leaves temporary files, not a checkpoint.
     folder = run_dir / "checkpoints"
-    has_checkpoints = folder.is_dir() and any(p.name.isdigit() or p.name.removesuffix(".pt").isdigit()
-                                              for p in folder.iterdir())
-    if resume and not has_checkpoints:
+    checkpointed = has_checkpoints(run_dir)
+    if resume and not checkpointed:
         raise RunError(f"--resume: run {run_name!r} has no checkpoint in {run_dir}; start it without --resume")
-    if not resume and has_checkpoints:
+    if not resume and checkpointed:
         raise RunError(f"run {run_name!r} already has checkpoints in {run_dir}; pass --resume to continue it "
                        "or --run-name NAME to start a new one")
     if lead:
