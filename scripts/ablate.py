@@ -6,7 +6,8 @@
     python scripts/ablate.py ... --resume                                   # continue an interrupted ablation
 
 A variant is a registered name (unet-skips, muon-drop=P; docs/variants.md) or any track flags of
-scripts/speedrun.py, quoted. Flags given outside --variant apply to every arm, the baseline included.
+scripts/speedrun.py, quoted (a single flag alone as --variant=--unet-skips). Flags given outside --variant apply
+to every arm, the baseline included.
 The report (Markdown, JSON, PNG) is results/NAME/ablation.*, each run's files beside it.
 """
 
@@ -30,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--track", default="smoke", help=f"one of {', '.join(TRACKS)} (default smoke)")
     p.add_argument("--variant", dest="arms", action="append", default=None, metavar="SPEC", required=True,
                    help="an arm against the baseline (repeatable): a variant's name (unet-skips, muon-drop=0.1)\n"
-                        "or track flags, quoted (\"--muon-lr 0.03 --unet-skips\")")
+                        "or track flags, quoted: \"--muon-lr 0.03 --unet-skips\" (one flag: --variant=--unet-skips)")
     p.add_argument("--seeds", type=int, default=3, help="runs per arm, seeds SEED..SEED+N-1 (default 3)")
     p.add_argument("--steps", type=int, default=None, help="a quick look: every run stops after N steps")
     p.add_argument("--reach", type=float, default=None,
