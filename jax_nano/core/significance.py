@@ -4,8 +4,6 @@
 import math
 import statistics
 
-from scipy import stats
-
 
 def _finite(values) -> list[float]:
     return [float(v) for v in values if v is not None and math.isfinite(float(v))]
@@ -30,6 +28,8 @@ def welch(a, b, confidence: float = 0.95) -> dict | None:
     diff = statistics.fmean(a) - statistics.fmean(b)
     if statistics.variance(a) == 0 and statistics.variance(b) == 0:
         return {"difference": diff, "low": diff, "high": diff, "t": None, "df": None, "p": float(diff == 0)}
+    from scipy import stats  # imported when used: scipy probes for torch and JAX arrays as it loads
+
     result = stats.ttest_ind(a, b, equal_var=False)
     interval = result.confidence_interval(confidence)
     return {"difference": diff, "low": float(interval.low), "high": float(interval.high),
@@ -45,6 +45,8 @@ def p_smaller(new, old_mean: float, old_stdev: float, old_n: int) -> float | Non
     mean, sd = statistics.fmean(new), statistics.stdev(new)
     if sd == 0 and old_stdev == 0:
         return float(mean >= old_mean)
+    from scipy import stats
+
     result = stats.ttest_ind_from_stats(mean, sd, len(new), old_mean, old_stdev, old_n, equal_var=False,
                                         alternative="less")
     return float(result.pvalue)
