@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from jax_nano.core.leaderboard import append_row, read_rows, row_from_summaries
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.long  # two runs through the command line; the rows and the claim are unit-tested in the quick suite
 def test_repeated_runs_record_one_row_and_print_the_claims_p_value(toy_store, tmp_path):
     device = platform.processor() or "CPU"  # what the JAX trainer reports for a CPU
     board = tmp_path / "LEADERBOARD.md"
