@@ -45,6 +45,7 @@ def test_bad_input_is_one_line_and_exit_2(tool, argv, needle, capsys, tmp_path, 
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.long  # four toy trainings
 def test_an_ablation_reports_failures_resumes_and_compares(toy_track, tmp_path, monkeypatch):
     base = toy_track(max_steps=3)
     arms = [ablate.Arm("baseline", (), base),
