@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from configs import variants
+from jax_nano.core import report
 from jax_nano.core.cli import run_main
 from jax_nano.run import ablate, ablate_report
 
@@ -81,3 +82,44 @@ def test_an_ablation_reports_failures_resumes_and_compares(toy_track, tmp_path, 
     assert "| unet-skips | final train loss |" in md and "## Failed runs" in md and "steps to reach 6" in md
     assert Path(a["files"]["png"]).read_bytes()[:4] == b"\x89PNG"
     assert json.loads(Path(a["files"]["json"]).read_text())["baseline"] == "baseline"
+
+
+def fake_speedrun(track, run_name, results_dir, **_):
+    """A run that trains nothing: its losses depend on the seed and on unet-skips; an arm without data fails."""
+    if track.data == "missing":
+        raise RuntimeError("no data")
+    loss = 5.0 - 0.01 * track.seed + (0.5 if variants.active(track) else 0.0)
+    with report.MetricsLog(Path(results_dir) / f"{run_name}.jsonl") as log:
+        for step in range(3):
+            log.write({"step": step, "loss": loss + 1 - step / 2, "tokens": 512 * (step + 1),
+                       "active_time_s": step + 1.0})
+    summary = {"run": run_name, "finished": True, "track": track.name, "device": "CPU", "date": "2026-12-03",
+               "commit": "abc", "train_loss": loss, "val_loss": loss + 0.1, "tokens_per_s": 512.0,
+               "active_time_s": 3.0}
+    report.write_json_atomic(Path(results_dir) / f"{run_name}.json", summary)
+    return summary
+
+
+def test_an_ablation_without_training_reports_failures_resumes_and_compares(toy_track, tmp_path, monkeypatch):
+    monkeypatch.setattr(ablate, "speedrun", fake_speedrun)
+    base = toy_track()
+    arms = [ablate.Arm("baseline", (), base),
+            ablate.Arm("unet-skips", ("--unet-skips",), variants.apply(base, {variants.VARIANTS["unet-skips"]: True})),
+            ablate.Arm("--data missing", ("--data", "missing"), base.replace(data="missing"))]
+    kw = dict(reach=5.5, results_dir=tmp_path / "results", runs_dir=tmp_path / "runs", show_bar=False)
+    result = ablate.run("abl", arms, [0, 1, 2], **kw)
+    assert len(result["runs"]) == 6 and sorted(result["failed"]) == [f"data-missing-seed{s}" for s in range(3)]
+    assert result["failed"]["data-missing-seed0"] == "RuntimeError: no data"
+    calls = []
+    monkeypatch.setattr(ablate, "speedrun", lambda track, run_name, **kw: calls.append(run_name) or 1 / 0)
+    again = ablate.run("abl", arms, [0, 1, 2], resume=True, **kw)
+    assert sorted(calls) == sorted(result["failed"]) and again["runs"] == result["runs"]
+    a = ablate_report.write(again, tmp_path / "results", "abl")
+    w = a["comparisons"]["unet-skips"]["train_loss"]
+    assert w["difference"] == pytest.approx(0.5) and w["p"] < 1e-6 and w["low"] <= 0.5 <= w["high"]
+    assert a["arms"]["baseline"]["stats"]["steps_to_reach"]["median"] == 2  # loss + 1 - step/2 <= 5.5 at step 1
+    assert a["arms"]["unet-skips"]["reached"] == 3 and a["comparisons"]["--data missing"]["val_loss"] is None
+    md = Path(a["files"]["md"]).read_text()
+    assert "| unet-skips | final train loss | +0.5 |" in md
+    assert "- data-missing-seed2: ZeroDivisionError: division by zero" in md  # the retry's failure
+    assert Path(a["files"]["png"]).read_bytes()[:4] == b"\x89PNG"
