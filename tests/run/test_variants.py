@@ -61,6 +61,7 @@ def test_each_variant_changes_the_fingerprint_and_none_leaves_it_as_before():
     assert check_fingerprint(fp(unet), fp(unet), "x") is None
 
 
+@pytest.mark.long  # a toy training; the fingerprint check itself is tested above in the quick suite
 def test_a_checkpoint_of_a_variant_does_not_resume_as_the_baseline(toy_track, tmp_path):
     kw = dict(results_dir=tmp_path / "results", runs_dir=tmp_path / "runs", show_bar=False)
     unet = variants.apply(toy_track(max_steps=2), {variants.VARIANTS["unet-skips"]: True})
