@@ -42,6 +42,9 @@ class ModelConfig:
     # A Python loop over the stacked block weights instead of a scan: longer compiles, fusion across layers.
     unroll_layers: bool = False
     attention: str = "auto"
+    # A variant (configs/variants.py): each of the first n_layers // 2 blocks' outputs is added, last in first out,
+    # to the output of the blocks after the middle (upstream's U-Net skips); off by default.
+    unet_skips: bool = False
 
     def __post_init__(self):
         for field in ("d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff", "vocab_size", "max_seq_len"):

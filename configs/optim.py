@@ -26,6 +26,9 @@ class OptimConfig:
     orthogonalizer: str = "polar-express"
     ortho_steps: int = 5
     ortho_dtype: str = "bfloat16"
+    # A variant (configs/variants.py): each entry of Muon's orthogonalized update is kept with probability
+    # 1 - muon_drop and zeroed otherwise, without rescaling (upstream's Drop-Muon); 0 is off.
+    muon_drop: float = 0.0
 
     def __post_init__(self):
         for field in ("muon_lr", "adamw_lr", "weight_decay", "adam_eps"):
@@ -47,6 +50,9 @@ class OptimConfig:
             )
         if self.ortho_steps < 1:
             raise ConfigError(f"ortho_steps={self.ortho_steps} must be >= 1; upstream uses 5")
+        if not 0 <= self.muon_drop < 1:
+            raise ConfigError(f"muon_drop={self.muon_drop} is outside [0, 1); it is the probability of zeroing an "
+                              "entry of Muon's update (0: off)")
         if self.ortho_dtype not in ORTHO_DTYPES:
             raise ConfigError(f"unknown ortho_dtype {self.ortho_dtype!r}; choose one of {', '.join(ORTHO_DTYPES)}")
 

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from configs.model import ConfigError, ModelConfig
+from jax_nano.variants import unet_skips
 
 # What PyTorch's RMSNorm uses when no eps is given: float32 machine epsilon.
 RMS_EPS = float(jnp.finfo(jnp.float32).eps)
@@ -298,7 +299,9 @@ class GPT(nnx.Module):
             x_BTD = self.token_embedding(ids_BT) * jnp.asarray(math.sqrt(cfg.d_model), _dtype(cfg.param_dtype))
             graphdef, stacked = nnx.split(self.transformer_blocks)
             step = block_step(graphdef, cfg)
-            if cfg.unroll_layers:
+            if cfg.unet_skips:
+                x_BTD = unet_skips.run_stack(step, stacked, x_BTD, cos_TP, sin_TP, cfg.n_layers, cfg.unroll_layers)
+            elif cfg.unroll_layers:
                 for i in range(cfg.n_layers):
                     x_BTD = step(jax.tree.map(lambda w, i=i: w[i], stacked), x_BTD, cos_TP, sin_TP)
             else:
@@ -328,13 +331,14 @@ class GPT(nnx.Module):
             # the whole cache every step).
             @nnx.scan(in_axes=(nnx.Carry, 0, 0), out_axes=nnx.Carry)
             def run_blocks(carry, block, layer):
-                x_BTD, k_LBSKH, v_LBSKH = carry
+                x_BTD, k_LBSKH, v_LBSKH, skips = carry
                 x_BTD, (k_BSKH, v_BSKH) = block.cached(x_BTD, cos_BTP, sin_BTP, (k_LBSKH[layer], v_LBSKH[layer]),
                                                         start, mask_BTS)
-                return x_BTD, k_LBSKH.at[layer].set(k_BSKH), v_LBSKH.at[layer].set(v_BSKH)
+                x_BTD, skips = unet_skips.cached_layer(cfg, layer, x_BTD, skips)
+                return x_BTD, k_LBSKH.at[layer].set(k_BSKH), v_LBSKH.at[layer].set(v_BSKH), skips
 
-            x_BTD, cache_k, cache_v = run_blocks((x_BTD, cache_k, cache_v), self.transformer_blocks,
-                                                 jnp.arange(cfg.n_layers))
+            x_BTD, cache_k, cache_v, _ = run_blocks((x_BTD, cache_k, cache_v, unet_skips.cached_buffer(cfg, x_BTD)),
+                                                    self.transformer_blocks, jnp.arange(cfg.n_layers))
             return self.norm(x_BTD), cache_k, cache_v
 
 

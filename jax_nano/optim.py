@@ -14,6 +14,7 @@ import optax
 
 from configs.model import ConfigError
 from configs.optim import OptimConfig, lr_factor, ortho_coefficients
+from jax_nano.variants import muon_drop
 
 __all__ = ["clip_by_global_norm_torch", "lr_factor", "lr_schedule", "make_optimizer", "muon", "orthogonalize",
            "param_label", "param_labels"]
@@ -80,9 +81,11 @@ class MuonState(NamedTuple):
 
 
 def muon(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.95, method: str = "polar-express",
-         steps: int = 5, dtype="bfloat16", whole_matrices=None) -> optax.GradientTransformation:
+         steps: int = 5, dtype="bfloat16", whole_matrices=None, drop: float = 0.0,
+         seed: int = 0) -> optax.GradientTransformation:
     """Upstream Muon on Flax kernels (..., in, out): Nesterov momentum without bias correction, orthogonalized
     in torch layout, scaled by lr * sqrt(max(1, out/in)). The momentum buffer has the parameter's dtype.
+    `drop` > 0: the variant muon-drop, masks drawn from `seed` (jax_nano/variants/muon_drop.py).
 
     `whole_matrices` (sharded training, jax_nano/sharding.py): applied to each update before it is
     orthogonalized, a sharding constraint that leaves no matrix split across devices."""
@@ -98,15 +101,17 @@ def muon(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.95, method: 
         nesterov = jax.tree.map(lambda g, b: _lerp(g, b, momentum), updates, buf)
         lr = jnp.asarray(schedule(state.count), jnp.float32)
 
-        def step(u_LIO):
+        def step(path, u_LIO):
             if whole_matrices is not None:
                 u_LIO = whole_matrices(u_LIO)
             o_LIO = jnp.swapaxes(orthogonalize(jnp.swapaxes(u_LIO, -1, -2), method, steps, dtype), -1, -2)
             d_in, d_out = u_LIO.shape[-2:]
             # One float32 multiply by lr*scale and one rounding, like torch's p.add_(O, alpha=-lr*scale).
-            return (o_LIO.astype(jnp.float32) * (-lr * math.sqrt(max(1.0, d_out / d_in)))).astype(u_LIO.dtype)
+            update = (o_LIO.astype(jnp.float32) * (-lr * math.sqrt(max(1.0, d_out / d_in)))).astype(u_LIO.dtype)
+            return muon_drop.drop(update, seed, state.count, path, drop)
 
-        return jax.tree.map(step, nesterov), MuonState(count=optax.safe_increment(state.count), momentum=buf)
+        new_state = MuonState(count=optax.safe_increment(state.count), momentum=buf)
+        return jax.tree_util.tree_map_with_path(step, nesterov), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -159,10 +164,11 @@ def param_labels(params):
 # The whole optimizer
 
 
-def make_optimizer(config: OptimConfig, total_steps: int, whole_matrices=None) -> optax.GradientTransformation:
+def make_optimizer(config: OptimConfig, total_steps: int, whole_matrices=None,
+                   seed: int = 0) -> optax.GradientTransformation:
     """Clip all gradients together, then Muon for block matrices and PyTorch-style AdamW for the rest.
     optax.adamw computes -lr*(adam + wd*p_old), the same as torch's p *= 1-lr*wd followed by the Adam step.
-    `whole_matrices`: see `muon` (None on one device)."""
+    `whole_matrices`: see `muon` (None on one device). `seed`: the run's, for the muon-drop masks."""
     muon_lr = lr_schedule(config.muon_lr, config.schedule, total_steps, config.warmup_ratio)
     adamw_lr = lr_schedule(config.adamw_lr, config.schedule, total_steps, config.warmup_ratio)
     b1, b2 = config.adam_betas
@@ -171,7 +177,7 @@ def make_optimizer(config: OptimConfig, total_steps: int, whole_matrices=None) -
         optax.partition(
             {
                 "muon": muon(muon_lr, config.muon_momentum, config.orthogonalizer, config.ortho_steps,
-                             config.ortho_dtype, whole_matrices),
+                             config.ortho_dtype, whole_matrices, config.muon_drop, seed),
                 "adamw": optax.adamw(adamw_lr, b1=b1, b2=b2, eps=config.adam_eps, weight_decay=config.weight_decay),
             },
             param_labels,

@@ -78,10 +78,11 @@ class JaxTrainer:
         self.run_dir, self.mesh = run_dir, mesh
         # Muon under sharding: see sharding.whole_matrices (stacked weights split along the layer axis are
         # orthogonalized where they lie; any other split matrix is gathered inside the step first).
+        seed = track.seed if seed is None else seed
         self.tx = make_optimizer(track.optim, track.total_steps,
-                                 whole_matrices=shd.whole_matrices(mesh) if mesh is not None else None)
+                                 whole_matrices=shd.whole_matrices(mesh) if mesh is not None else None, seed=seed)
         self.graphdef = nnx.graphdef(nnx.eval_shape(lambda: GPT(self.cfg, rngs=nnx.Rngs(0))))
-        self.place = StatePlacement(track, self.cfg, self.tx, seed=track.seed if seed is None else seed, mesh=mesh,
+        self.place = StatePlacement(track, self.cfg, self.tx, seed=seed, mesh=mesh,
                                     init_weights=init_weights)
         self._checkpoints = None
         compile_counter()  # counting starts before the first compilation

@@ -21,6 +21,7 @@ from jax_nano import xla_flags  # noqa: E402
 from jax_nano.core import safe_paths  # noqa: E402
 from jax_nano.core.cli import add_track_flags, run_main, track_from_args, use_compilation_cache  # noqa: E402
 from jax_nano.core.device import DEVICES, check_device  # noqa: E402
+from jax_nano.run import records  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--export-format", default="plain", choices=("plain", "upstream"),
                    help="--export-torch writes a bare state_dict (plain) or upstream's model.pt layout")
     p.add_argument("--record", action="store_true", help="append the result to LEADERBOARD.md")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="run the track N times (runs RUN-1ofN ..); --record then writes one row of their mean and\n"
+                        "spread and prints the p-value that they beat the fastest row on this device")
     p.add_argument("--leaderboard", default=str(ROOT / "LEADERBOARD.md"), help=argparse.SUPPRESS)
     p.add_argument("--results-dir", default="results")
     p.add_argument("--runs-dir", default="runs")
@@ -93,11 +97,16 @@ def main(argv=None) -> int:
     xla_flags.apply_default_flags()  # before JAX starts a backend
     args = parser().parse_args(argv)
     args.resume = args.resume or args.resume_from_good
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats {args.repeats}: must be >= 1 (the runs one leaderboard row averages)")
+    if args.repeats > 1 and args.stop_after is not None:
+        raise ConfigError("--repeats and --stop-after conflict: repeated runs each run to the end")
     track = track_from_args(args)
     # Names and paths first: a refusal costs nothing, and nothing is written before it.
-    run_name = args.run_name or f"{track.name}-{track.framework}"
-    safe_paths.run_folder(args.runs_dir, run_name)
-    safe_paths.result_files(args.results_dir, run_name)
+    names = records.repeat_names(args.run_name or f"{track.name}-{track.framework}", args.repeats)
+    for name in names:
+        safe_paths.run_folder(args.runs_dir, name)
+        safe_paths.result_files(args.results_dir, name)
     if args.export_torch is not None:
         safe_paths.check_path_arg(args.export_torch, "--export-torch")
     if args.record:
@@ -121,10 +130,18 @@ def main(argv=None) -> int:
     from jax_nano.run import speedrun
 
     use_compilation_cache()
-    summary = speedrun.speedrun(track, run_name=run_name, results_dir=args.results_dir, runs_dir=args.runs_dir,
-                                resume=args.resume, stop_after=args.stop_after, init_from=args.init_from,
-                                export_to=args.export_torch, export_format=args.export_format,
-                                show_bar=not args.no_bar, mesh=mesh, fallback=args.resume_from_good)
+    summaries = []
+    for i, name in enumerate(names):
+        done = speedrun.finished_summary(args.results_dir, name) if args.resume and len(names) > 1 else None
+        resume = args.resume and (len(names) == 1 or speedrun.has_checkpoints(Path(args.runs_dir) / name))
+        summary = done or speedrun.speedrun(
+            track, run_name=name, results_dir=args.results_dir, runs_dir=args.runs_dir, resume=resume,
+            stop_after=args.stop_after, init_from=None if resume else args.init_from,
+            export_to=args.export_torch if i == len(names) - 1 else None, export_format=args.export_format,
+            show_bar=not args.no_bar, mesh=mesh, fallback=args.resume_from_good)
+        summaries.append(summary)
+        if not summary["finished"]:
+            break
     if jax.process_index() != 0:
         return 0
     if not summary["finished"]:
@@ -138,16 +155,19 @@ def main(argv=None) -> int:
         print(f"stopped at step {summary['next_step']} ({saved}); continue with: {again}")
         return 0
     print(speedrun.describe(summary))
+    if len(summaries) > 1:
+        print(records.spread_line(summaries))
     if args.record:
         from jax_nano.core.storage import writing
         from jax_nano.run.eligibility import summary_refusal
 
-        why = summary_refusal(summary)
+        why = next(filter(None, map(summary_refusal, summaries)), None)
         if why is not None:
             raise ConfigError(f"--record refused: {why}; LEADERBOARD.md is unchanged")
+        print(records.claim(args.leaderboard, track.name, summaries))
         with writing(args.leaderboard):
-            leaderboard.append_row(args.leaderboard, track.name, leaderboard.row_from_summary(summary))
-        print(f"recorded in {args.leaderboard}")
+            leaderboard.append_row(args.leaderboard, track.name, leaderboard.row_from_summaries(summaries))
+        print(f"recorded in {args.leaderboard} ({len(summaries)} run{'s' if len(summaries) > 1 else ''})")
     return 0
 
 

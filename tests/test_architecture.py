@@ -76,8 +76,9 @@ def layer(module: str) -> int:
 
 
 def is_jax_implementation(module: str) -> bool:
+    """A module straight under jax_nano/, or in a folder of the implementation's own (jax_nano/variants/)."""
     parts = module.split(".")
-    return parts[0] == "jax_nano" and len(parts) == 2 and parts[1] not in LAYERS
+    return parts[0] == "jax_nano" and len(parts) >= 2 and parts[1] not in LAYERS
 
 
 def test_no_import_cycles():

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from configs.model import ModelConfig
+from torch_ref.variants.unet_skips import Skips
 
 
 def _linear(d_in: int, d_out: int) -> nn.Linear:
@@ -148,8 +149,9 @@ class MinimalLLM(nn.Module):
         cfg = self.cfg
         cos_TP, sin_TP = rope_tables(ids_BT.shape[1], cfg.head_dim, cfg.rope_base, ids_BT.device)
         x_BTD = self.token_embedding(ids_BT) * math.sqrt(cfg.d_model)
-        for block in self.transformer_blocks:
-            x_BTD = block(x_BTD, cos_TP, sin_TP)
+        skips = Skips(cfg)
+        for i, block in enumerate(self.transformer_blocks):
+            x_BTD = skips.after(i, block(x_BTD, cos_TP, sin_TP))
         return self.lm_head(self.norm(x_BTD))
 
     def forward_cached(self, ids_BT, pos_BT, cache_k, cache_v, start: int, mask_BTS):
@@ -159,9 +161,10 @@ class MinimalLLM(nn.Module):
         cfg = self.cfg
         cos_BTP, sin_BTP = rope_at(pos_BT, cfg.head_dim, cfg.rope_base)
         x_BTD = self.token_embedding(ids_BT) * math.sqrt(cfg.d_model)
+        skips = Skips(cfg)
         for layer, block in enumerate(self.transformer_blocks):
-            x_BTD = block.cached(x_BTD, cos_BTP[:, None], sin_BTP[:, None], cache_k[layer], cache_v[layer], start,
-                                 mask_BTS)
+            x_BTD = skips.after(layer, block.cached(x_BTD, cos_BTP[:, None], sin_BTP[:, None], cache_k[layer],
+                                                    cache_v[layer], start, mask_BTS))
         return self.lm_head(self.norm(x_BTD))
 
 

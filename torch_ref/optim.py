@@ -10,6 +10,7 @@ from torch import nn
 
 from configs.model import ConfigError
 from configs.optim import OptimConfig, lr_factor, ortho_coefficients
+from torch_ref.variants import muon_drop
 
 __all__ = ["Muon", "compiled_orthogonalize", "lr_factor", "make_optimizer", "orthogonalize", "param_label", "step"]
 
@@ -49,12 +50,15 @@ def compiled_orthogonalize():
 
 
 class Muon(torch.optim.Optimizer):
-    """Upstream Muon: Nesterov momentum without bias correction, orthogonalize, p -= lr*sqrt(max(1, out/in))*O."""
+    """Upstream Muon: Nesterov momentum without bias correction, orthogonalize, p -= lr*sqrt(max(1, out/in))*O.
+    `drop` > 0: the variant muon-drop, its masks from `masks` (default: drawn from `seed`,
+    torch_ref/variants/muon_drop.py)."""
 
     def __init__(self, params, lr: float = 0.015, momentum: float = 0.95, method: str = "polar-express",
-                 steps: int = 5, dtype="bfloat16"):
+                 steps: int = 5, dtype="bfloat16", drop: float = 0.0, seed: int = 0, masks=None):
         ortho_coefficients(method, steps)
-        super().__init__(params, dict(lr=lr, momentum=momentum, method=method, steps=steps, dtype=dtype))
+        super().__init__(params, dict(lr=lr, momentum=momentum, method=method, steps=steps, dtype=dtype, drop=drop))
+        self.masks = masks or muon_drop.Masks(seed, drop)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -62,8 +66,10 @@ class Muon(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        index = -1
         for group in self.param_groups:
             for p in group["params"]:
+                index += 1
                 if p.grad is None:
                     continue
                 state = self.state[p]
@@ -76,6 +82,8 @@ class Muon(torch.optim.Optimizer):
                 # CPU stays eager: Inductor's CPU code is not what the parity tests check, and compiles slowly.
                 ortho = compiled_orthogonalize() if p.is_cuda else orthogonalize
                 o = ortho(u, group["method"], group["steps"], group["dtype"])
+                if group["drop"] > 0:
+                    o = muon_drop.drop(o, state, index, self.masks)
                 p.add_(o, alpha=-group["lr"] * max(1, p.size(-2) / p.size(-1)) ** 0.5)
         return loss
 
@@ -98,16 +106,17 @@ def param_label(name: str, p: torch.Tensor) -> str:
 # The whole optimizer
 
 
-def make_optimizer(config: OptimConfig, model: nn.Module, total_steps: int):
+def make_optimizer(config: OptimConfig, model: nn.Module, total_steps: int, seed: int = 0, masks=None):
     """([Muon, AdamW], [their LambdaLR schedulers]). LambdaLR sets lr = base*lr_factor(0) at construction and
-    the scheduler steps after the optimizer, so optimizer step s runs with lr_factor(s), as in the JAX optimizer."""
+    the scheduler steps after the optimizer, so optimizer step s runs with lr_factor(s), as in the JAX optimizer.
+    `seed` (the run's) and `masks`: the muon-drop variant's (Muon)."""
     if total_steps < 1:
         raise ConfigError(f"total_steps={total_steps} must be >= 1")
     groups = {"muon": [], "adamw": []}
     for name, p in model.named_parameters():  # yields the tied lm_head once, under token_embedding
         groups[param_label(name, p)].append(p)
     muon = Muon(groups["muon"], lr=config.muon_lr, momentum=config.muon_momentum, method=config.orthogonalizer,
-                steps=config.ortho_steps, dtype=config.ortho_dtype)
+                steps=config.ortho_steps, dtype=config.ortho_dtype, drop=config.muon_drop, seed=seed, masks=masks)
     on_cuda = all(p.is_cuda for p in groups["adamw"])
     adamw = torch.optim.AdamW(groups["adamw"], lr=config.adamw_lr, betas=config.adam_betas, eps=config.adam_eps,
                               weight_decay=config.weight_decay, **({"fused": True} if on_cuda else {"foreach": True}))

@@ -67,7 +67,8 @@ class TorchTrainer:
     def _reset(self):
         """Initial weights and fresh optimizers (after the warm-up, as upstream does)."""
         self.model.load_state_dict(self.initial_weights)
-        self.optimizers, self.schedulers = optim.make_optimizer(self.track.optim, self.model, self.track.total_steps)
+        self.optimizers, self.schedulers = optim.make_optimizer(self.track.optim, self.model, self.track.total_steps,
+                                                                  seed=self.seed)
 
     # -- compile, warm up, reset ---------------------------------------------------------------------------
 

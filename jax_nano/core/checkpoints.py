@@ -15,6 +15,7 @@ from pathlib import Path
 from configs.errors import UserError
 from configs.model import ModelConfig, shape_changes
 from configs.tracks import Track
+from configs.variants import off_settings
 
 FALLBACK_FLAG = "--resume-from-good"
 ASIDE = "damaged-checkpoints"  # beside checkpoints/: where a fall-back moves the checkpoints that failed
@@ -29,8 +30,16 @@ class CheckpointError(UserError):
 def fingerprint(track: Track, cfg: ModelConfig) -> dict:
     """What must match between the run that saved and the one that resumes (not the stop rule or logging): the
     settings a checkpoint stores, by the names a user knows (the optimizer's fields as their flags name them, the
-    model's as `model.<field>`), and their digest (the only thing checkpoints of older versions kept)."""
-    model, optim = dict(shape_changes(cfg)), dataclasses.asdict(track.optim)
+    model's as `model.<field>`), and their digest (the only thing checkpoints of older versions kept). A variant
+    (configs/variants.py) enters both only when it is on, so a run without one has the fingerprint it had before
+    variants existed."""
+    off = off_settings()
+
+    def on(key, v):
+        return key not in off or v != off[key]
+
+    model = {k: v for k, v in shape_changes(cfg) if on(f"model.{k}", v)}
+    optim = {k: v for k, v in dataclasses.asdict(track.optim).items() if on(k, v)}
     run = {"batch_size": track.batch_size, "seq_len": track.seq_len, "seed": track.seed, "data": str(track.data),
            "total_steps": track.total_steps}
     recipe = {"model": model, "optim": optim, **run}
@@ -65,7 +74,7 @@ def check_fingerprint(saved: dict, fp: dict, where) -> str | None:
                 f"{saved['precision']}; it stores no settings to compare); resume with the same settings or choose "
                 "another --run-name")
         return None
-    old, now = saved["settings"], fp["settings"]
+    old, now = {**off_settings(), **saved["settings"]}, {**off_settings(), **fp["settings"]}
     differ = [k for k in sorted(old.keys() | now.keys()) if k != "total_steps" and old.get(k) != now.get(k)]
     if saved["precision"] != fp["precision"]:
         differ.insert(0, "precision")

@@ -5,10 +5,12 @@ import os
 import sys
 from pathlib import Path
 
+from configs import variants
 from configs.errors import UserError
 from configs.model import ATTENTION_KINDS, PRESETS, REMAT_POLICIES, ConfigError
 from configs.optim import ORTHO_DTYPES, ORTHOGONALIZERS, SCHEDULES
 from configs.tracks import FRAMEWORKS, PRECISIONS, Track, get_track
+from configs.variants import VARIANTS
 from jax_nano.core.safe_paths import run_folder
 
 
@@ -24,7 +26,7 @@ def run_main(main, argv=None) -> int:
 
 
 OFF = "off"  # the type of a --no-X flag: it sets its boolean field to False
-# flag -> (Track field or "optim.<field>", type, help)
+# flag -> (Track field, "optim.<field>" or "model.<field>", type, help)
 OVERRIDES = {
     "framework": ("framework", str, f"one of {', '.join(FRAMEWORKS)} (default jax)"),
     "model": ("model", str, f"model preset: {', '.join(PRESETS)}"),
@@ -57,6 +59,8 @@ OVERRIDES = {
     "orthogonalizer": ("optim.orthogonalizer", str, f"Muon's: {', '.join(ORTHOGONALIZERS)}"),
     "ortho_steps": ("optim.ortho_steps", int, "orthogonalization iterations"),
     "ortho_dtype": ("optim.ortho_dtype", str, f"orthogonalization dtype: {', '.join(ORTHO_DTYPES)}"),
+    # The variants (configs/variants.py), one flag each.
+    **{v.field: (v.setting, v.kind, f"variant: {v.doc}") for v in VARIANTS.values()},
 }
 
 
@@ -72,10 +76,13 @@ def add_flag(parser, flag: str, kind, text: str) -> None:
 
 
 def add_track_flags(parser: argparse.ArgumentParser, skip=()) -> None:
-    """One flag per overridable track field."""
+    """One flag per overridable track field, and --variant NAME[=VALUE] (unless `skip` names it)."""
     for flag, (_, kind, text) in OVERRIDES.items():
         if flag not in skip:
             add_flag(parser, flag, kind, text)
+    if "variant" not in skip:
+        parser.add_argument("--variant", action="append", default=None, metavar="NAME[=VALUE]",
+                            help=f"turn a variant on by name (repeatable): {', '.join(VARIANTS)} (docs/variants.md)")
 
 
 def track_from_args(args) -> Track:
@@ -84,10 +91,14 @@ def track_from_args(args) -> Track:
         raise ConfigError("--tokens and --target-loss conflict: a run stops on one rule; pass only one")
     if args.resume and args.init_from:
         raise ConfigError("--resume and --init-from conflict: a resumed run continues its own weights")
-    track, optim = {}, {}
+    track, optim, chosen = {}, {}, {}
+    for spec in getattr(args, "variant", None) or ():
+        chosen.update([variants.parse(spec)])
     for flag, (field, _, _) in OVERRIDES.items():
         value = getattr(args, flag)
-        if value is not None:
+        if value is not None and field.startswith("model."):
+            chosen[VARIANTS[flag.replace("_", "-")]] = value
+        elif value is not None:
             (optim if field.startswith("optim.") else track)[field.removeprefix("optim.")] = value
     if "target_tokens" in track:
         track["target_loss"] = None
@@ -96,7 +107,7 @@ def track_from_args(args) -> Track:
     base = get_track(args.track)
     if optim:
         track["optim"] = base.optim.replace(**optim)
-    return base.replace(**track)
+    return variants.apply(base.replace(**track), chosen)
 
 
 def use_compilation_cache(path=None) -> None:

@@ -26,6 +26,7 @@ import datetime
 import fcntl
 import os
 import re
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +35,13 @@ from jax_nano.core.report import format_duration, parse_duration, write_text_ato
 from jax_nano.core.safe_paths import refuse_symlink
 
 COLUMNS = (
-    "date", "framework", "device", "active training time", "steps", "tokens", "tokens/s", "MFU",
+    "date", "framework", "device", "active training time", "runs", "steps", "tokens", "tokens/s", "MFU",
     "train loss", "val loss", "setup & compile", "params", "commit",
 )
+# The columns before rows said how many runs they average: such a table still parses (its rows are single runs),
+# and the first row appended to it adds the column, with 1 in every older row.
+LEGACY_COLUMNS = tuple(c for c in COLUMNS if c != "runs")
+SPREAD = " ± "  # "mean ± sample standard deviation" in a row of several runs
 
 SUMMARY_KEYS = (
     "date", "framework", "device", "active_time_s", "steps", "tokens", "train_loss", "val_loss",
@@ -69,6 +74,21 @@ def _check_date(cell: str) -> None:
     datetime.date.fromisoformat(cell)
 
 
+def _check_runs(cell: str) -> None:
+    if not (cell.isdigit() and int(cell) >= 1 and cell == str(int(cell))):
+        raise ValueError("not a number of runs like 3")
+
+
+def _spread(check):
+    """A cell of `check`'s form, or two of them as 'mean ± standard deviation'."""
+
+    def checked(cell: str) -> None:
+        for part in cell.split(SPREAD, 1):
+            check(part)
+
+    return checked
+
+
 def _check_mfu(cell: str) -> None:
     if cell != "n/a" and not _MFU_RE.fullmatch(cell):
         raise ValueError("not a percentage like 41.3% or n/a")
@@ -77,13 +97,14 @@ def _check_mfu(cell: str) -> None:
 # How each column's cell must parse; the text columns only need to be non-empty.
 _CHECKS = {
     "date": _check_date,
-    "active training time": parse_duration,
+    "active training time": _spread(parse_duration),
+    "runs": _check_runs,
     "steps": _check_int,
     "tokens": _check_int,
     "tokens/s": _check_int,
     "MFU": _check_mfu,
-    "train loss": _check_loss,
-    "val loss": _check_loss,
+    "train loss": _spread(_check_loss),
+    "val loss": _spread(_check_loss),
     "setup & compile": parse_duration,
     "params": _check_int,
 }
@@ -101,6 +122,7 @@ def row_from_summary(summary: dict) -> dict:
             "framework": str(s["framework"]).strip(),
             "device": str(s["device"]).strip(),
             "active training time": format_duration(float(s["active_time_s"])),
+            "runs": "1",
             "steps": f"{int(s['steps']):,}",
             "tokens": f"{int(s['tokens']):,}",
             "tokens/s": f"{round(float(s['tokens_per_s'])):,}",
@@ -113,6 +135,41 @@ def row_from_summary(summary: dict) -> dict:
         }
     except (TypeError, ValueError, OverflowError) as e:
         raise LeaderboardError(f"run summary has a value that cannot become a leaderboard cell: {e}") from None
+
+
+def row_from_summaries(summaries: list) -> dict:
+    """One row for repeated runs of a track on one device: Active Training Time and the losses as mean ± sample
+    standard deviation, steps, tokens and setup as means, tokens/s and MFU of the mean time; `runs` says how many."""
+    if len(summaries) == 1:
+        return row_from_summary(summaries[0])
+    devices = {str(s.get("device")).strip() for s in summaries}
+    if len(devices) != 1:
+        raise LeaderboardError(f"repeated runs on different devices ({', '.join(sorted(devices))}) make no one row")
+    rows = [row_from_summary(s) for s in summaries]
+    row = dict(rows[0], runs=str(len(rows)))
+
+    def mean_sd(key):
+        values = [float(s[key]) for s in summaries]
+        return statistics.fmean(values), statistics.stdev(values)
+
+    time, time_sd = mean_sd("active_time_s")
+    row["active training time"] = f"{format_duration(time)}{SPREAD}{format_duration(time_sd)}"
+    for key, column in (("train_loss", "train loss"), ("val_loss", "val loss")):
+        mean, sd = mean_sd(key)
+        row[column] = f"{mean:.4f}{SPREAD}{sd:.4f}"
+    steps, tokens = (statistics.fmean(int(s[k]) for s in summaries) for k in ("steps", "tokens"))
+    row["steps"], row["tokens"] = f"{round(steps):,}", f"{round(tokens):,}"
+    row["tokens/s"] = f"{round(tokens / time):,}" if time > 0 else "0"
+    mfus = [s["mfu"] for s in summaries]
+    row["MFU"] = "n/a" if None in mfus else f"{100 * statistics.fmean(mfus):.1f}%"
+    row["setup & compile"] = format_duration(statistics.fmean(float(s["setup_time_s"]) for s in summaries))
+    return row
+
+
+def row_time(row: dict) -> tuple[float, float | None, int]:
+    """(mean Active Training Time in s, its sample standard deviation or None, runs) of a row, old or new."""
+    mean, _, sd = row["active training time"].partition(SPREAD)
+    return parse_duration(mean), parse_duration(sd) if sd else None, int(row.get("runs", "1"))
 
 
 def validate_row(row: dict) -> None:
@@ -217,7 +274,7 @@ def _table(path, track: str, lines: list[str]) -> _Table:
     if track not in tables:
         raise LeaderboardError(f"{path} has no table for track {track!r}; tracks there: {', '.join(tables) or 'none'}")
     table = tables[track]
-    if tuple(table.header) != COLUMNS:
+    if tuple(table.header) not in (COLUMNS, LEGACY_COLUMNS):
         raise LeaderboardError(f"the {track!r} table of {path} has columns {table.header}, expected {list(COLUMNS)}")
     return table
 
@@ -255,14 +312,31 @@ def _locked(path):
             os.close(fd)  # closing releases the lock
 
 
+def _add_runs_column(lines: list[str], table: _Table) -> None:
+    """Give a table of LEGACY_COLUMNS the `runs` column: 1 in each of its rows, every other cell as it was."""
+    at, header = COLUMNS.index("runs"), table.last_line - len(table.rows) - 1
+    for offset in range(len(table.rows) + 2):
+        i = header + offset
+        body = lines[i].rstrip("\r\n")
+        cells = [c.strip() for c in body.strip()[1:-1].split("|")]
+        cells.insert(at, "runs" if offset == 0 else "---" if offset == 1 else "1")
+        text = "|" + "|".join(cells) + "|" if offset == 1 else "| " + " | ".join(cells) + " |"
+        lines[i] = text + lines[i][len(body):]
+
+
 def append_row(path, track: str, row: dict) -> None:
     """Append row as the last row of track's table. Atomic: on any error the file is left byte-for-byte as it was.
 
-    Runs that finish together each append their row: the read, the change and the rename happen under a lock."""
+    Runs that finish together each append their row: the read, the change and the rename happen under a lock.
+    A row of LEGACY_COLUMNS is a single run's."""
+    if set(row) == set(LEGACY_COLUMNS):
+        row = {**row, "runs": "1"}
     validate_row(row)
     with _locked(path):
         lines = _read_lines(path)
         table = _table(path, track, lines)
+        if tuple(table.header) == LEGACY_COLUMNS:
+            _add_runs_column(lines, table)
         last = lines[table.last_line]
         body = last.rstrip("\r\n")
         eol = last[len(body):] or "\n"

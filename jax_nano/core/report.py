@@ -114,6 +114,10 @@ def _write_bytes_atomic(path, data: bytes) -> None:
         raise
 
 
+def write_bytes_atomic(path, data: bytes) -> None:
+    _write_bytes_atomic(path, data)
+
+
 def write_text_atomic(path, text: str) -> None:
     _write_bytes_atomic(path, text.encode("utf-8"))
 

@@ -8,12 +8,14 @@ talks to it only through the interface of jax_nano/core/trainer.py.
 import dataclasses
 import datetime
 import importlib
+import json
 import math
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from configs import variants
 from configs.errors import UserError
 from configs.model import CUSTOM, shape_changes
 from configs.tracks import Track
@@ -89,19 +91,32 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
                          stop=stop)
 
 
+def has_checkpoints(run_dir: Path) -> bool:
+    """Whether the run has a finished checkpoint (a save cut short leaves temporary files, not a checkpoint)."""
+    folder = Path(run_dir) / "checkpoints"
+    return folder.is_dir() and any(p.name.isdigit() or p.name.removesuffix(".pt").isdigit() for p in folder.iterdir())
+
+
+def finished_summary(results_dir, run_name: str) -> dict | None:
+    """The summary of run `run_name` if it finished (results/<run>.json), else None."""
+    path = Path(results_dir) / f"{run_name}.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("finished") else None
+
+
 def _speedrun(track, framework, built_mesh, processes, run_name, run_dir, results_dir, *, resume, stop_after,
               init_from, export_to, export_format, show_bar, save_final, fallback, stop) -> dict:
     """`speedrun` with the run folder locked and the signals caught."""
     index, count = processes
     lead = index == 0
     share = {"process_index": index, "process_count": count}
-    # Only finished checkpoints count: a save cut short leaves temporary files, not a checkpoint.
     folder = run_dir / "checkpoints"
-    has_checkpoints = folder.is_dir() and any(p.name.isdigit() or p.name.removesuffix(".pt").isdigit()
-                                              for p in folder.iterdir())
-    if resume and not has_checkpoints:
+    checkpointed = has_checkpoints(run_dir)
+    if resume and not checkpointed:
         raise RunError(f"--resume: run {run_name!r} has no checkpoint in {run_dir}; start it without --resume")
-    if not resume and has_checkpoints:
+    if not resume and checkpointed:
         raise RunError(f"run {run_name!r} already has checkpoints in {run_dir}; pass --resume to continue it "
                        "or --run-name NAME to start a new one")
     if lead:
@@ -126,9 +141,9 @@ def _speedrun(track, framework, built_mesh, processes, run_name, run_dir, result
     if resume:
         saved = trainer.saved_fingerprint(step)
         model = saved_model(saved)
-        if model is not None and model.name == CUSTOM and not track.model_changes:
+        if model is not None and model.name == CUSTOM and track.model_config.name != CUSTOM:
             # A run of a model no preset has (begun with --init-from): its shapes come from its checkpoint.
-            track = track.replace(model_changes=shape_changes(model))
+            track = _with_shapes(track, model)
             trainer = make_trainer(track, run_dir, None, built_mesh)
         note = check_fingerprint(saved, fingerprint(track, trainer.cfg), folder / str(step))
         if note and lead:
@@ -199,12 +214,18 @@ def _weights_to_start_from(track: Track, init_from, lead: bool) -> tuple[Track, 
     tensors = checkpoint["model_state_dict"]
     found = infer_config(tensors, where=init_from, saved=checkpoint["config"])
     if found.name == CUSTOM:
-        track = track.replace(model_changes=shape_changes(found))
+        track = _with_shapes(track, found)
         if lead:
             print(f"--init-from {init_from}: a model of no preset (d_model {found.d_model}, {found.n_layers} layers, "
                   f"{found.n_heads}/{found.n_kv_heads} heads, d_ff {found.d_ff}, {found.mlp}); training it as it is",
                   file=sys.stderr)
     return track, fit_state_dict(tensors, track.model_config, where=init_from)
+
+
+def _with_shapes(track: Track, model) -> Track:
+    """`track` training `model`'s shapes, with the variants the track itself asks for."""
+    changes = {**dict(shape_changes(model)), **dict(track.model_changes)}
+    return track.replace(model_changes=tuple(sorted(changes.items())))
 
 
 def checkpoint_path(trainer: Trainer, step: int) -> Path:
@@ -285,7 +306,7 @@ def summarize(track: Track, facts: dict, progress: loop.Progress, final: dict, s
         "compiles_during_run": compiles, "evals": progress.evals,
         "n_devices": facts["n_devices"], "n_processes": facts["n_processes"], "mesh": facts["mesh"],
         "tokens_per_s_per_device": tokens_per_s / facts["n_devices"],
-        "track_config": dataclasses.asdict(track),
+        "variants": variants.values(track), "track_config": dataclasses.asdict(track),
     }
 
 
@@ -303,6 +324,7 @@ def describe(summary: dict) -> str:
         f"  {summary['steps']:,} steps   {summary['tokens']:,} tokens   "
         f"{summary['tokens_per_s']:,.0f} tokens/s   MFU {mfu}",
         f"  peak device memory {peak / 2**30:.2f} GiB" if peak else "  peak device memory: not reported by this device",
+        f"  variants: {variants.describe_values(summary['variants'])}",
         f"  {summary['params']:,} parameters: "
         f"{'eligible' if summary['eligible'] else 'not eligible'} for a leaderboard",
         f"  results/{summary['run']}.json, .jsonl, .png",

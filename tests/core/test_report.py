@@ -185,7 +185,8 @@ def test_row_from_summary():
     row = row_from_summary(_summary())
     assert row == {
         "date": "2025-06-01", "framework": "jax", "device": "NVIDIA GeForce RTX 4090",
-        "active training time": "1m 26s 178ms", "steps": "489", "tokens": "8,011,776", "tokens/s": "92,967",
+        "active training time": "1m 26s 178ms", "runs": "1", "steps": "489", "tokens": "8,011,776",
+        "tokens/s": "92,967",
         "MFU": "36.2%", "train loss": "4.7409", "val loss": "4.8403", "setup & compile": "41s 0ms",
         "params": "88,630,528", "commit": "abc1234",
     }
