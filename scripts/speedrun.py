@@ -103,8 +103,9 @@ def main(argv=None) -> int:
         raise ConfigError("--repeats and --stop-after conflict: repeated runs each run to the end")
     track = track_from_args(args)
     # Names and paths first: a refusal costs nothing, and nothing is written before it.
-    names = records.repeat_names(args.run_name or f"{track.name}-{track.framework}", args.repeats)
-    for name in names:
+    base = args.run_name or f"{track.name}-{track.framework}"
+    names = records.repeat_names(base, args.repeats)
+    for name in dict.fromkeys([base, *names]):  # the name as given first, so a refusal quotes it
         safe_paths.run_folder(args.runs_dir, name)
         safe_paths.result_files(args.results_dir, name)
     if args.export_torch is not None:
