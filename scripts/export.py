@@ -49,6 +49,9 @@ def read_summary(results_dir, run: str) -> dict | None:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    from jax_nano.core.extras import require_torch
+
+    require_torch("scripts/export.py")
     from jax_nano.interop import hf_export
 
     hf_export.check_format(args.format)

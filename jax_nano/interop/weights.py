@@ -9,6 +9,7 @@ are used; the model's shape is inferred from them, not from the pickled config.
 """
 
 import dataclasses
+import functools
 import json
 import pickle
 import types
@@ -19,13 +20,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import torch
 from flax import nnx
 
 from configs.errors import UserError
 from configs.model import CUSTOM, PRESETS, ConfigError, ModelConfig, get_model_config
 from jax_nano.checkpoint import Checkpoints
 from jax_nano.core.checkpoints import saved_model
+from jax_nano.core.extras import require_torch
 from jax_nano.layout import (
     ConversionError,
     check_state_dict,
@@ -36,7 +37,6 @@ from jax_nano.layout import (
     to_upstream,
 )
 from jax_nano.model import GPT
-from torch_ref.tensors import numpy_state_dict
 
 COMPILE_PREFIX = "_orig_mod."  # what torch.compile puts in front of every parameter name
 
@@ -65,8 +65,12 @@ class Opaque:
         return f"Opaque({self.origin})"
 
 
+@functools.cache
 def _trusted_globals() -> dict:
-    """The globals a torch.save'd state_dict needs: tensor rebuilders, dtypes, sizes, ordered dicts."""
+    """The globals a torch.save'd state_dict needs: tensor rebuilders, dtypes, sizes, ordered dicts. PyTorch is
+    imported only here and where its files are read: a run's own checkpoint needs JAX alone."""
+    import torch
+
     trusted = {("collections", "OrderedDict"): OrderedDict, ("torch", "Size"): torch.Size,
                ("torch", "device"): torch.device,
                ("torch.nn.parameter", "Parameter"): torch.nn.Parameter}
@@ -78,13 +82,11 @@ def _trusted_globals() -> dict:
     return trusted
 
 
-_TRUSTED = _trusted_globals()
-
-
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        if (module, name) in _TRUSTED:
-            return _TRUSTED[(module, name)]
+        trusted = _trusted_globals()
+        if (module, name) in trusted:
+            return trusted[(module, name)]
         return type(name, (Opaque,), {"origin": f"{module}.{name}"})
 
 
@@ -129,6 +131,9 @@ def read_checkpoint(path) -> dict:
         return _read_safetensors(path)
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: the file is empty; pass a PyTorch state_dict or upstream's model.pt")
+    require_torch(f"reading {path}")
+    import torch
+
     try:
         obj = torch.load(path, map_location="cpu", pickle_module=_RESTRICTED_PICKLE, weights_only=False)
     except Exception as e:  # torch, zipfile and pickle raise many types for a file that is not a checkpoint
@@ -212,6 +217,8 @@ def infer_config(state_dict: dict, where="state_dict", saved=None) -> ModelConfi
 def fit_state_dict(state_dict: dict, cfg: ModelConfig, where="state_dict") -> dict:
     """The state_dict (tensors) as numpy arrays in `cfg`'s attention layout, checked against its shapes; a one-line
     error otherwise."""
+    from torch_ref.tensors import numpy_state_dict
+
     try:
         state_dict = match_layout(numpy_state_dict(state_dict), cfg)
         check_state_dict(state_dict, cfg)

@@ -19,6 +19,7 @@ from configs.model import CUSTOM, shape_changes
 from configs.tracks import Track
 from jax_nano.core import checksums, loop, report, storage
 from jax_nano.core.checkpoints import check_fingerprint, fingerprint, saved_model
+from jax_nano.core.extras import require_torch
 from jax_nano.core.guard import Diverged
 from jax_nano.core.preemption import StopSignals
 from jax_nano.core.runlock import RunLock
@@ -39,6 +40,8 @@ class RunError(UserError):
 def trainer_class(framework: str) -> type[Trainer]:
     if framework not in TRAINERS:
         raise RunError(f"unknown framework {framework!r}; choose one of {', '.join(TRAINERS)}")
+    if framework == "torch":
+        require_torch("--framework torch")
     module, name = TRAINERS[framework]
     return getattr(importlib.import_module(module), name)
 
@@ -77,6 +80,8 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     run_name = run_name or f"{track.name}-{track.framework}"
     if export_format not in EXPORT_FORMATS:
         raise RunError(f"unknown export format {export_format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if export_to is not None or init_from is not None:
+        require_torch("--export-torch and --init-from (PyTorch files)")
     framework = trainer_class(track.framework)
     built_mesh = framework.mesh_for(track, mesh)
     index, count = framework.processes()
