@@ -252,21 +252,22 @@ def restore_params(run_dir) -> tuple[dict, dict]:
     wrong = checkpoints.problem(step)
     if wrong:
         raise WeightsError(f"{run_dir}: its newest checkpoint (step {step}) fails verification: {wrong}")
-    with ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(create=False)) as mgr:
-        where = ckpt_dir / str(step)
-        try:
-            fingerprint = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"][
-                "fingerprint"]
-        except Exception as e:  # orbax raises many types for a damaged directory
-            raise WeightsError(f"{where}: unreadable checkpoint ({_first_line(e)})") from None
+    where = ckpt_dir / str(step)
+    # Read through the manager, as orbax wrote it: the step's _CHECKPOINT_METADATA names each item's handler, and
+    # a checkpointer pointed at the `state` item alone warns that the item has no such file of its own.
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     try:
-        checkpointer = ocp.PyTreeCheckpointer()
-        item = {"params": checkpointer.metadata(where / "state").item_metadata["params"]}
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-        tree = checkpointer.restore(where / "state", args=ocp.args.PyTreeRestore(
-            item=item, restore_args=restore_args, partial_restore=True))
-    except Exception as e:
+        with ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(create=False),
+                                   item_handlers=handlers) as mgr:
+            metadata = mgr.item_metadata(step)["state"]
+            item = {"params": getattr(metadata, "tree", metadata)["params"]}
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+            restored = mgr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
+                meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many types for a damaged directory
         raise WeightsError(f"{where}: unreadable checkpoint ({_first_line(e)})") from None
+    tree, fingerprint = restored["state"], restored["meta"]["fingerprint"]
     return _unwrap(tree["params"]), fingerprint
 
 
