@@ -223,7 +223,8 @@ def checkpoint_bytes(cfg, precision: str) -> int:
 
 
 def _stop_session(trainer, track, progress, first_step, stop, run_name, results_dir, lead) -> dict:
-    """A session that ends before the run does (`stop_after` or a signal): checkpoint it and say where it stands."""
+    """A training session that ends before the run does (`stop_after` or a signal): checkpoint it and say where it
+    stands."""
     partial = {"run": run_name, "finished": False, "next_step": progress.next_step, "interrupted": stop.received,
                "active_time_s": progress.active_time_s,
                "train_loss": progress.losses[-1] if progress.losses else None}
