@@ -55,6 +55,9 @@ def main(argv=None) -> int:
         run_folder(args.runs_dir, args.run, "--run")
     if args.out is not None:
         check_path_arg(args.out, "--out")
+    from jax_nano.core.extras import require_torch
+
+    require_torch("scripts/export.py")
     from jax_nano.interop import hf_export
 
     hf_export.check_format(args.format)

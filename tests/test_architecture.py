@@ -1,5 +1,5 @@
 """The layout is the architecture: layered imports with no cycles, each framework importable and trainable without
-the other, small modules with docstrings, both trainers on one interface, and README's Layout matching the tree."""
+the other, small modules with docstrings, both trainers on one interface, and docs/layout.md matching the tree."""
 
 import ast
 import inspect
@@ -199,18 +199,18 @@ def test_every_module_is_small_and_says_what_it_holds(path):
     assert doc and doc.splitlines()[0].strip(), f"{path.name} has no docstring saying what it holds"
 
 
-def readme_layout() -> list[str]:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"^- `([^`]+)`", section, flags=re.M)
+def documented_layout() -> list[str]:
+    """The paths docs/layout.md lists, one bullet each that starts with the path in backticks."""
+    text = (ROOT / "docs" / "layout.md").read_text()
+    return re.findall(r"^- `([^`]+)`", text, flags=re.M)
 
 
-def test_readme_layout_matches_the_tree():
-    listed = readme_layout()
-    assert len(listed) == len(set(listed)), "README's Layout lists a path twice"
+def test_documented_layout_matches_the_tree():
+    listed = documented_layout()
+    assert len(listed) == len(set(listed)), "docs/layout.md lists a path twice"
     folders = {f"{p.relative_to(ROOT).as_posix()}/" for root in SOURCES
                for p in [ROOT / root, *(ROOT / root).rglob("*")] if p.is_dir() and p.name != "__pycache__"}
     modules = {p.relative_to(ROOT).as_posix() for p in source_files(SOURCES) if p.name != "__init__.py"}
     tree = folders | modules | {"parity_tests/", "tests/"}
-    assert not set(listed) - tree, f"README's Layout lists what is not in the tree: {sorted(set(listed) - tree)}"
-    assert not tree - set(listed), f"README's Layout misses: {sorted(tree - set(listed))}"
+    assert not set(listed) - tree, f"docs/layout.md lists what is not in the tree: {sorted(set(listed) - tree)}"
+    assert not tree - set(listed), f"docs/layout.md misses: {sorted(tree - set(listed))}"

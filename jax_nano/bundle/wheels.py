@@ -57,7 +57,8 @@ class Decision:
 
 
 def project_metadata(root: Path) -> tuple[list[Requirement], str, dict]:
-    """(runtime requirements, requires-python, constraints.txt pins) of the source tree at `root`."""
+    """(runtime requirements, requires-python, constraints.txt pins) of the source tree at `root`. The requirements
+    include the `torch` extra's: `decide` keeps them only for a bundle that runs PyTorch."""
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
     pins = {}
     constraints = root / "constraints.txt"
@@ -67,7 +68,8 @@ def project_metadata(root: Path) -> tuple[list[Requirement], str, dict]:
             if "==" in line:
                 req = Requirement(line)
                 pins[canonicalize_name(req.name)] = next(iter(req.specifier)).version
-    return [Requirement(r) for r in project["dependencies"]], project["requires-python"], pins
+    runtime = project["dependencies"] + project.get("optional-dependencies", {}).get("torch", [])
+    return [Requirement(r) for r in runtime], project["requires-python"], pins
 
 
 def _fits(version: str, req: Requirement) -> bool:

@@ -11,6 +11,7 @@ from configs.model import ATTENTION_KINDS, PRESETS, REMAT_POLICIES, ConfigError
 from configs.optim import ORTHO_DTYPES, ORTHOGONALIZERS, SCHEDULES
 from configs.tracks import FRAMEWORKS, PRECISIONS, Track, get_track
 from configs.variants import VARIANTS
+from jax_nano.core.extras import require_torch
 from jax_nano.core.safe_paths import run_folder
 
 
@@ -146,3 +147,7 @@ def check_weight_source(args) -> None:
     if all(x is None for x in sources) and args.model is None:
         raise ConfigError("no weights: choose --run NAME, --state-dict PATH, --model-dir DIR or --model PRESET "
                           "(a fresh model)")
+    if getattr(args, "framework", "jax") == "torch":
+        require_torch("--framework torch")
+    if args.state_dict is not None or args.model_dir is not None:
+        require_torch("reading weights from --state-dict or --model-dir")

@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 from configs.errors import UserError
 from configs.tracks import FRAMEWORKS
+from jax_nano.core.extras import require_torch
 
 DEVICES = ("auto", "gpu", "cpu")
 CUDA13_MIN_DRIVER = 580  # CUDA 13 needs an R580 driver or newer; older drivers take the CUDA 12 builds
@@ -146,6 +147,8 @@ def check_device(device: str, frameworks, cpu_fix: str = "pass --device cpu") ->
     unknown = [f for f in frameworks if f not in FRAMEWORKS]
     if unknown:
         raise DeviceError(f"unknown framework {unknown[0]!r}; choose from {', '.join(FRAMEWORKS)}")
+    if "torch" in frameworks:
+        require_torch("--framework torch" if len(frameworks) == 1 else "the JAX vs PyTorch comparison")
     if device == "cpu":
         os.environ["JAX_PLATFORMS"] = "cpu"
         os.environ["CUDA_VISIBLE_DEVICES"] = ""

@@ -47,8 +47,9 @@ class Progress:
 
 def run(track: Track, trainer, loader, val_NBT, *, progress: Progress, log=None, stop_after: int | None = None,
         show_bar: bool = True, stop=None) -> Progress:
-    """Train from `progress.next_step` until the track's stop rule (or `stop_after` steps this session, or a stop
-    request: `stop.received` set by a signal, jax_nano/core/preemption.py, ends the session at the next step).
+    """Train from `progress.next_step` until the track's stop rule (or `stop_after` steps in this training
+    session, or a stop request: `stop.received` set by a signal, jax_nano/core/preemption.py, ends the session at
+    the next step).
 
     Every loss and parameter norm goes through the divergence guard (jax_nano/core/guard.py), which raises
     `Diverged`.

@@ -17,15 +17,13 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-import torch
 from flax import nnx
 
 from configs.errors import UserError
 from configs.model import CUSTOM, PRESETS, ConfigError, ModelConfig, get_model_config
 from jax_nano.checkpoint import Checkpoints
 from jax_nano.core.checkpoints import saved_model
-from jax_nano.interop import torch_file
-from jax_nano.interop.torch_file import TorchFileError, check_dtypes, plain
+from jax_nano.core.extras import require_torch
 from jax_nano.layout import (
     ConversionError,
     check_state_dict,
@@ -36,7 +34,6 @@ from jax_nano.layout import (
     to_upstream,
 )
 from jax_nano.model import GPT
-from torch_ref.tensors import numpy_state_dict
 
 COMPILE_PREFIX = "_orig_mod."  # what torch.compile puts in front of every parameter name
 
@@ -66,9 +63,14 @@ def read_checkpoint(path) -> dict:
         return _read_safetensors(path)
     if path.stat().st_size == 0:
         raise WeightsError(f"{path}: the file is empty; pass a PyTorch state_dict or upstream's model.pt")
+    require_torch(f"reading {path}")
+    import torch
+
+    from jax_nano.interop import torch_file
+
     try:
         obj = torch_file.load(path)
-    except TorchFileError as e:
+    except torch_file.TorchFileError as e:
         raise WeightsError(f"{path}: {e}; pass a file written by torch.save (a state_dict or upstream's model.pt)"
                            ) from None
     except (OSError, zipfile.BadZipFile, EOFError, ValueError) as e:  # a zip cut short is found while reading it
@@ -76,7 +78,7 @@ def read_checkpoint(path) -> dict:
                            "torch.save (a state_dict or upstream's model.pt)") from None
     extras = {"config": None, "metrics": None, "step": None}
     if isinstance(obj, dict) and "model_state_dict" in obj:
-        extras = {k: plain(obj.get(k)) for k in extras}
+        extras = {k: torch_file.plain(obj.get(k)) for k in extras}
         obj = obj["model_state_dict"]
     if not isinstance(obj, dict) or not obj or not all(
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
@@ -88,6 +90,8 @@ def read_checkpoint(path) -> dict:
 
 
 def _check_dtypes(state_dict: dict, where) -> None:
+    from jax_nano.interop.torch_file import TorchFileError, check_dtypes
+
     try:
         check_dtypes(state_dict)
     except TorchFileError as e:
@@ -158,6 +162,8 @@ def infer_config(state_dict: dict, where="state_dict", saved=None) -> ModelConfi
 def fit_state_dict(state_dict: dict, cfg: ModelConfig, where="state_dict") -> dict:
     """The state_dict (tensors) as numpy arrays in `cfg`'s attention layout, checked against its shapes; a one-line
     error otherwise."""
+    from torch_ref.tensors import numpy_state_dict
+
     try:
         state_dict = match_layout(numpy_state_dict(state_dict), cfg)
         check_state_dict(state_dict, cfg)
@@ -191,21 +197,22 @@ def restore_params(run_dir) -> tuple[dict, dict]:
     wrong = checkpoints.problem(step)
     if wrong:
         raise WeightsError(f"{run_dir}: its newest checkpoint (step {step}) fails verification: {wrong}")
-    with ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(create=False)) as mgr:
-        where = ckpt_dir / str(step)
-        try:
-            fingerprint = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"][
-                "fingerprint"]
-        except Exception as e:  # orbax raises many types for a damaged directory
-            raise WeightsError(f"{where}: unreadable checkpoint ({_first_line(e)})") from None
+    where = ckpt_dir / str(step)
+    # Read through the manager, as orbax wrote it: the step's _CHECKPOINT_METADATA names each item's handler, and
+    # a checkpointer pointed at the `state` item alone warns that the item has no such file of its own.
+    handlers = {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
     try:
-        checkpointer = ocp.PyTreeCheckpointer()
-        item = {"params": checkpointer.metadata(where / "state").item_metadata["params"]}
-        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
-        tree = checkpointer.restore(where / "state", args=ocp.args.PyTreeRestore(
-            item=item, restore_args=restore_args, partial_restore=True))
-    except Exception as e:
+        with ocp.CheckpointManager(ckpt_dir, options=ocp.CheckpointManagerOptions(create=False),
+                                   item_handlers=handlers) as mgr:
+            metadata = mgr.item_metadata(step)["state"]
+            item = {"params": getattr(metadata, "tree", metadata)["params"]}
+            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+            restored = mgr.restore(step, args=ocp.args.Composite(
+                state=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
+                meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax raises many types for a damaged directory
         raise WeightsError(f"{where}: unreadable checkpoint ({_first_line(e)})") from None
+    tree, fingerprint = restored["state"], restored["meta"]["fingerprint"]
     return _unwrap(tree["params"]), fingerprint
 
 

@@ -21,6 +21,7 @@ from configs.model import CUSTOM, shape_changes
 from configs.tracks import Track
 from jax_nano.core import checksums, loop, report, safe_paths, storage
 from jax_nano.core.checkpoints import check_fingerprint, fingerprint, saved_model
+from jax_nano.core.extras import require_torch
 from jax_nano.core.guard import Diverged
 from jax_nano.core.preemption import StopSignals
 from jax_nano.core.runlock import RunLock
@@ -41,6 +42,8 @@ class RunError(UserError):
 def trainer_class(framework: str) -> type[Trainer]:
     if framework not in TRAINERS:
         raise RunError(f"unknown framework {framework!r}; choose one of {', '.join(TRAINERS)}")
+    if framework == "torch":
+        require_torch("--framework torch")
     module, name = TRAINERS[framework]
     return getattr(importlib.import_module(module), name)
 
@@ -81,6 +84,8 @@ def speedrun(track: Track, *, run_name: str | None = None, results_dir="results"
     safe_paths.result_files(results_dir, run_name)
     if export_format not in EXPORT_FORMATS:
         raise RunError(f"unknown export format {export_format!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+    if export_to is not None or init_from is not None:
+        require_torch("--export-torch and --init-from (PyTorch files)")
     framework = trainer_class(track.framework)
     built_mesh = framework.mesh_for(track, mesh)
     index, count = framework.processes()
@@ -240,7 +245,8 @@ def checkpoint_bytes(cfg, precision: str) -> int:
 
 
 def _stop_session(trainer, track, progress, first_step, stop, run_name, results_dir, lead) -> dict:
-    """A session that ends before the run does (`stop_after` or a signal): checkpoint it and say where it stands."""
+    """A training session that ends before the run does (`stop_after` or a signal): checkpoint it and say where it
+    stands."""
     partial = {"run": run_name, "finished": False, "next_step": progress.next_step, "interrupted": stop.received,
                "active_time_s": progress.active_time_s,
                "train_loss": progress.losses[-1] if progress.losses else None}

@@ -3,6 +3,7 @@ upstream-layout export loaded the way upstream's trainer loads it."""
 
 import dataclasses
 import importlib.util
+import logging
 import os
 import sys
 import types
@@ -15,10 +16,17 @@ import torch
 
 from configs.model import get_model_config
 from jax_nano.core.cli import run_main
-from jax_nano.interop.weights import WeightsError, fit_state_dict, load_model, read_checkpoint, read_state_dict
+from jax_nano.interop.weights import (
+    WeightsError,
+    fit_state_dict,
+    load_model,
+    load_weights,
+    read_checkpoint,
+    read_state_dict,
+)
 from torch_ref.checkpoint import save_torch
 from torch_ref.model import MinimalLLM
-from torch_ref.tensors import torch_state_dict
+from torch_ref.tensors import numpy_state_dict, torch_state_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,3 +166,19 @@ def test_init_from_junk_is_a_one_line_error(toy_store, tmp_path, capsys, speedru
     err = capsys.readouterr().err
     assert err.startswith("error: ") and str(junk) in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "r").exists()
+
+
+def test_a_runs_checkpoint_loads_its_final_weights_without_a_warning(smoke_cli_run, caplog):
+    """generate.py --run and evaluate.py --run read the run's checkpoint through orbax's manager, which knows the
+    step's metadata: nothing is logged that a user could not act on (orbax used to warn of a missing
+    _CHECKPOINT_METADATA inside the `state` item), and the weights are the run's final ones."""
+    folder, out = smoke_cli_run
+    assert out.returncode == 0, out.stderr[-2000:]
+    with caplog.at_level(logging.INFO):
+        weights, cfg = load_weights(run="smoke-jax", runs_dir=folder / "runs")
+    said = [f"{r.name}: {r.getMessage()}" for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not said, said
+    exported = numpy_state_dict(read_state_dict(folder / "smoke.pt"))
+    assert cfg.name == "small" and set(weights) == set(exported)
+    for name, value in exported.items():
+        np.testing.assert_array_equal(weights[name], value, err_msg=name)
