@@ -39,9 +39,11 @@ def orthogonalize(G: torch.Tensor, method: str = "polar-express", steps: int = 5
 def compiled_orthogonalize():
     """`orthogonalize` under `torch.compile`, as upstream compiles its Polar Express: on CUDA the ~47 small
     kernels per matrix of the eager version (norm, casts, 15 matmuls, the elementwise a*X + B@X ...) become the
-    matmuls plus a few fused kernels. One compiled function for the process, so the optimizers rebuilt after
-    the warm-up steps reuse what those steps compiled (a recompile per matrix shape, then dynamic shapes)."""
-    return torch.compile(orthogonalize)
+    matmuls plus a few fused kernels; on the CPU Inductor's C++ code fuses the elementwise work the same way. One
+    compiled function for the process, so the optimizers rebuilt after the warm-up steps reuse what those steps
+    compiled: one static graph per matrix shape (four in the 88M model), all compiled during the warm-up, where
+    dynamic shapes would compile a second, symbolic graph once a second shape appears."""
+    return torch.compile(orthogonalize, dynamic=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -52,8 +54,9 @@ class Muon(torch.optim.Optimizer):
     """Upstream Muon: Nesterov momentum without bias correction, orthogonalize, p -= lr*sqrt(max(1, out/in))*O."""
 
     def __init__(self, params, lr: float = 0.015, momentum: float = 0.95, method: str = "polar-express",
-                 steps: int = 5, dtype="bfloat16"):
+                 steps: int = 5, dtype="bfloat16", compile: bool = False):
         ortho_coefficients(method, steps)
+        self.ortho = compiled_orthogonalize() if compile else orthogonalize
         super().__init__(params, dict(lr=lr, momentum=momentum, method=method, steps=steps, dtype=dtype))
 
     @torch.no_grad()
@@ -73,9 +76,7 @@ class Muon(torch.optim.Optimizer):
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 # Out of place (upstream lerps .grad in place) so the gradient is still there for logging.
                 u = p.grad.lerp(buf, group["momentum"])
-                # CPU stays eager: Inductor's CPU code is not what the parity tests check, and compiles slowly.
-                ortho = compiled_orthogonalize() if p.is_cuda else orthogonalize
-                o = ortho(u, group["method"], group["steps"], group["dtype"])
+                o = self.ortho(u, group["method"], group["steps"], group["dtype"])
                 p.add_(o, alpha=-group["lr"] * max(1, p.size(-2) / p.size(-1)) ** 0.5)
         return loss
 
@@ -98,16 +99,17 @@ def param_label(name: str, p: torch.Tensor) -> str:
 # The whole optimizer
 
 
-def make_optimizer(config: OptimConfig, model: nn.Module, total_steps: int):
+def make_optimizer(config: OptimConfig, model: nn.Module, total_steps: int, compile: bool = False):
     """([Muon, AdamW], [their LambdaLR schedulers]). LambdaLR sets lr = base*lr_factor(0) at construction and
-    the scheduler steps after the optimizer, so optimizer step s runs with lr_factor(s), as in the JAX optimizer."""
+    the scheduler steps after the optimizer, so optimizer step s runs with lr_factor(s), as in the JAX optimizer.
+    `compile`: Muon orthogonalizes with `compiled_orthogonalize` (the eager `orthogonalize` otherwise)."""
     if total_steps < 1:
         raise ConfigError(f"total_steps={total_steps} must be >= 1")
     groups = {"muon": [], "adamw": []}
     for name, p in model.named_parameters():  # yields the tied lm_head once, under token_embedding
         groups[param_label(name, p)].append(p)
     muon = Muon(groups["muon"], lr=config.muon_lr, momentum=config.muon_momentum, method=config.orthogonalizer,
-                steps=config.ortho_steps, dtype=config.ortho_dtype)
+                steps=config.ortho_steps, dtype=config.ortho_dtype, compile=compile)
     on_cuda = all(p.is_cuda for p in groups["adamw"])
     adamw = torch.optim.AdamW(groups["adamw"], lr=config.adamw_lr, betas=config.adam_betas, eps=config.adam_eps,
                               weight_decay=config.weight_decay, **({"fused": True} if on_cuda else {"foreach": True}))
