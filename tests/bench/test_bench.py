@@ -22,7 +22,11 @@ def test_the_plan_interleaves_both_frameworks_and_runs_each_lever_as_data():
     plan = bench.Plan(levers=("loss-chunk-2048", "xla-flags-off"))
     runs = bench.plan_runs(plan, "store")
     head = [(r.case, r.framework, r.cold) for r in runs if r.kind == "head-to-head"]
-    assert head == [(c.name, fw, k == 0) for k in range(2) for c in bench.CASES for fw in ("jax", "torch")]
+    forms = ("jax", "torch", "torch-eager")
+    assert head == [(c.name, fw, k == 0) for k in range(2) for c in bench.CASES for fw in forms]
+    eager = next(r.track for r in runs if r.framework == "torch-eager")
+    assert eager.framework == "torch" and eager.torch_compile == "off"
+    assert next(r.track for r in runs if r.framework == "torch").torch_compile == "auto"
     loss, tokens = (next(r.track for r in runs if r.case == c.name and r.framework == "jax") for c in bench.CASES)
     # The real steps: 151M 4 x 2048 bf16-compute with its target check on; 88M 8 x 2048 bf16.
     assert (loss.model, loss.batch_size, loss.seq_len, loss.precision) == ("blueberry-151m", 4, 2048, "bf16-compute")
@@ -46,7 +50,7 @@ def test_the_plan_interleaves_both_frameworks_and_runs_each_lever_as_data():
 def test_a_run_that_would_pass_the_budget_is_skipped_and_reported(tmp_path):
     plan = bench.Plan(smoke=True, repeats=1, levers=("remat-full",), budget_s=1e-3)
     result = bench.bench(plan, device="cpu", results_dir=tmp_path, log=lambda *_: None)
-    assert [r["skipped"].startswith("time budget") for r in result["runs"]] == [True] * 5
+    assert [r["skipped"].startswith("time budget") for r in result["runs"]] == [True] * 7
     assert result["levers"][1]["status"].startswith("skipped: time budget")
     md = Path(result["files"]["md"]).read_text()
     assert "CPU (no run finished)" in md and "remat-full" in md
@@ -156,7 +160,8 @@ def test_cli_bad_input_is_a_one_line_error(tmp_path):
         ("--smoke", "--levers", "nope"): "unknown lever 'nope'",
         ("--smoke", "--repeats", "0"): "--repeats 0: must be >= 2 (1 is allowed only with --smoke)",
         ("--repeats", "1"): "--repeats 1: must be >= 2",
-        ("--device", "cpu"): "--device cpu needs --smoke",
+        ("--device", "cpu", "--split-steps", "-1"): "--split-steps -1: must be >= 0",
+        ("--device", "cpu", "--repeats", "1"): "--repeats 1: must be >= 2",
         ("--smoke", "--frameworks", "torch"): "levers are measured against the JAX default",
     }
     if device.driver_version() is None:  # a GPU bench on a machine without a GPU
@@ -186,10 +191,10 @@ def test_smoke_suite_runs_every_kind_of_row_on_the_cpu(tmp_path):
     result = json.loads(files["json"].read_text())
     md = files["md"].read_text()
     assert "CPU" in result["device"] and md.startswith(f"# Benchmark on {result['device']}")
-    assert [(r["framework"], r["kind"]) for r in result["runs"][:4]] == [
-        ("jax", "head-to-head"), ("torch", "head-to-head")] * 2
+    assert [(r["framework"], r["kind"]) for r in result["runs"][:6]] == [
+        ("jax", "head-to-head"), ("torch", "head-to-head"), ("torch-eager", "head-to-head")] * 2
     for case in result["cases"]:
-        for fw in ("jax", "torch"):
+        for fw in ("jax", "torch", "torch-eager"):
             assert case["frameworks"][fw]["metrics"]["tokens_per_s"]["median"] > 0, (case["case"], fw)
         assert case["ratio_tokens_per_s"] > 0
     assert [row["lever"] for row in result["levers"]] == ["default", *SMOKE_LEVERS]
@@ -198,4 +203,5 @@ def test_smoke_suite_runs_every_kind_of_row_on_the_cpu(tmp_path):
         assert f"| {row['lever']} |" in md
     loss_runs = [r for r in result["runs"] if r["case"] == bench.CASES[0].name and r["lever"] != "no-target-check"]
     assert all(r["steps"] == 3 and r["reached_target"] is False for r in loss_runs)  # the check ran, never met
-    assert "| JAX |" in md and "| PyTorch |" in md and files["png"].name in md
+    assert "| JAX |" in md and "| PyTorch (compiled) |" in md and "| PyTorch eager |" in md
+    assert files["png"].name in md
