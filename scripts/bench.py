@@ -48,7 +48,8 @@ def parser() -> argparse.ArgumentParser:
                         "compiled wherever torch.compile works; torch-eager the eager extra row; jax alone: a\n"
                         "levers-only run)")
     p.add_argument("--levers", default=None,
-                   help="comma-separated lever names, 'all' (default; CPU race: none) or 'none'")
+                   help="comma-separated lever names, 'all' (default; CPU race: none), 'cpu' (the CPU levers:\n"
+                        "ortho-bfloat16, cpu-onednn, cpu-xnnpack, loss-chunk-2048) or 'none'")
     p.add_argument("--split-steps", type=int, default=None, metavar="N",
                    help="time N steps of each form and case in two halves, forward+backward and optimizer\n"
                         "(default 0; CPU race 3)")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from configs.model import ConfigError
-from configs.optim import OptimConfig, lr_factor, ortho_coefficients
+from configs.optim import OptimConfig, lr_factor, ortho_coefficients, ortho_dtype_for
 
 __all__ = ["Muon", "compiled_orthogonalize", "lr_factor", "make_optimizer", "orthogonalize", "param_label", "step"]
 
@@ -99,17 +99,22 @@ def param_label(name: str, p: torch.Tensor) -> str:
 # The whole optimizer
 
 
+def _platform(model: nn.Module) -> str:
+    return "cpu" if next(model.parameters()).device.type == "cpu" else "gpu"
+
+
 def make_optimizer(config: OptimConfig, model: nn.Module, total_steps: int, compile: bool = False):
     """([Muon, AdamW], [their LambdaLR schedulers]). LambdaLR sets lr = base*lr_factor(0) at construction and
     the scheduler steps after the optimizer, so optimizer step s runs with lr_factor(s), as in the JAX optimizer.
-    `compile`: Muon orthogonalizes with `compiled_orthogonalize` (the eager `orthogonalize` otherwise)."""
+    `compile`: Muon orthogonalizes with `compiled_orthogonalize` (the eager `orthogonalize` otherwise). The
+    orthogonalization dtype "auto" is resolved for the parameters' device (`ortho_dtype_for`)."""
     if total_steps < 1:
         raise ConfigError(f"total_steps={total_steps} must be >= 1")
     groups = {"muon": [], "adamw": []}
     for name, p in model.named_parameters():  # yields the tied lm_head once, under token_embedding
         groups[param_label(name, p)].append(p)
     muon = Muon(groups["muon"], lr=config.muon_lr, momentum=config.muon_momentum, method=config.orthogonalizer,
-                steps=config.ortho_steps, dtype=config.ortho_dtype, compile=compile)
+                steps=config.ortho_steps, dtype=ortho_dtype_for(config.ortho_dtype, _platform(model)), compile=compile)
     on_cuda = all(p.is_cuda for p in groups["adamw"])
     adamw = torch.optim.AdamW(groups["adamw"], lr=config.adamw_lr, betas=config.adam_betas, eps=config.adam_eps,
                               weight_decay=config.weight_decay, **({"fused": True} if on_cuda else {"foreach": True}))

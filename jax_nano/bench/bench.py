@@ -56,12 +56,14 @@ class Case:
 
 @dataclass(frozen=True)
 class Lever:
-    """One JAX change against the default: Track field overrides and worker environment variables."""
+    """One JAX change against the default: Track field overrides, OptimConfig field overrides and worker
+    environment variables."""
 
     name: str
     about: str
     track: dict = field(default_factory=dict)
     env: dict = field(default_factory=dict)
+    optim: dict = field(default_factory=dict)
     compile_factor: float = 1.0  # its setup time against the default's, for the time budget's estimates
 
 
@@ -82,7 +84,13 @@ LEVERS = (
     Lever("loss-chunk-2048", "cross-entropy over 2048 positions at a time", {"loss_chunk": 2048}),
     Lever("unrolled", "layers unrolled instead of scanned (one block compiled per layer)", {"unroll_layers": True},
           compile_factor=2.0),
+    # CPU levers: what XLA's CPU backend offers for matmuls, and the orthogonalization's dtype.
+    Lever("ortho-bfloat16", "Muon's orthogonalization in bf16, the records' dtype (auto: float32 on a CPU)",
+          optim={"ortho_dtype": "bfloat16"}),
+    Lever("cpu-onednn", "XLA's CPU matmuls through oneDNN", env={"XLA_FLAGS": "--xla_cpu_use_onednn=true"}),
+    Lever("cpu-xnnpack", "XLA's CPU matmuls through XNNPACK", env={"XLA_FLAGS": "--xla_cpu_use_xnnpack=true"}),
 )
+CPU_LEVERS = ("ortho-bfloat16", "cpu-onednn", "cpu-xnnpack", "loss-chunk-2048")
 LEVER_NAMES = tuple(lever.name for lever in LEVERS)
 
 SMOKE_MODEL, SMOKE_SEQ_LEN = "tiny", 64
@@ -145,9 +153,11 @@ class Plan:
 
 
 def parse_levers(text: str) -> tuple:
-    """"--levers a,b" -> ("a", "b"); "all" -> every lever; "none" -> no lever."""
+    """"--levers a,b" -> ("a", "b"); "all" -> every lever; "cpu" -> CPU_LEVERS; "none" -> no lever."""
     if text.strip() == "all":
         return LEVER_NAMES
+    if text.strip() == "cpu":
+        return CPU_LEVERS
     if text.strip() == "none":
         return ()
     return tuple(name.strip() for name in text.split(",") if name.strip())
@@ -212,10 +222,12 @@ def plan_runs(plan: Plan, stores) -> list[Run]:
             for fw in plan.frameworks:
                 runs.append(Run("head-to-head", case.name, fw, form_track(tracks[case.name], fw), cold=k == 0,
                                 repeat=k + 1))
-    base = cases[0].name
+    base = cases[-1 if plan.cpu else 0].name  # on the CPU the larger case, where the levers matter
     for lever in plan.lever_list():
+        track = tracks[base].replace(**lever.track)
+        track = track.replace(optim=track.optim.replace(**lever.optim)) if lever.optim else track
         for k in range(plan.lever_repeats):
-            runs.append(Run("lever", base, "jax", tracks[base].replace(**lever.track), cold=k == 0, lever=lever.name,
+            runs.append(Run("lever", base, "jax", track, cold=k == 0, lever=lever.name,
                             env=dict(lever.env), repeat=k + 1, compile_factor=lever.compile_factor))
     if plan.profile_steps:
         for case in cases:

@@ -96,16 +96,18 @@ def assemble(records: list[dict], plan, cases: tuple, *, device: str, elapsed_s:
             "ratio_eager_paired": spread(paired_eager),
             "split": split or None,
         })
-    base = [r for r in records if r["kind"] == "head-to-head" and r["case"] == cases[0].name
-            and r["framework"] == "jax"]
+    lever_case = cases[-1 if plan.cpu else 0].name  # as bench.plan_runs chooses it
+    base = [r for r in records if r["kind"] == "head-to-head" and r["case"] == lever_case and r["framework"] == "jax"]
     default = _metrics(base)
     levers = [{"lever": "default", "about": "the track as it runs (attention auto, layers scanned, remat none, "
-               "no loss chunk, the default XLA flags)", "track": {}, "env": {}, "metrics": default,
+               "no loss chunk, the default XLA flags, orthogonalization dtype auto)", "track": {}, "env": {},
+               "metrics": default,
                "vs_default": 1.0 if default["tokens_per_s"] else None, "status": _status(base)}]
     for lever in plan.lever_list():
         mine = [r for r in records if r["kind"] == "lever" and r["lever"] == lever.name]
         metrics = _metrics(mine)
-        levers.append({"lever": lever.name, "about": lever.about, "track": lever.track, "env": lever.env,
+        levers.append({"lever": lever.name, "about": lever.about, "track": {**lever.track, **lever.optim},
+                       "env": lever.env,
                        "metrics": metrics, "status": _status(mine),
                        "vs_default": ratio(_median(metrics["tokens_per_s"]), _median(default["tokens_per_s"]))})
     profiles = []
@@ -117,7 +119,8 @@ def assemble(records: list[dict], plan, cases: tuple, *, device: str, elapsed_s:
         "device": label, "device_slug": device_slug(label), "asked_device": device, "smoke": plan.smoke,
         "commit": next((r["result"].get("commit") for r in records if r.get("result")), "unknown"),
         "date": datetime.date.today().isoformat(), "elapsed_s": elapsed_s,
-        "plan": dataclasses.asdict(plan), "forms": forms, "cases": sections, "levers": levers, "profiles": profiles,
+        "lever_case": lever_case, "plan": dataclasses.asdict(plan), "forms": forms, "cases": sections,
+        "levers": levers, "profiles": profiles,
         "notes": notes_for(records, plan), "load": load,
         "runs": [{k: r.get(k) for k in ("label", "kind", "case", "framework", "lever", "cold", "repeat", "wall_s",
                                         "backend", "error", "skipped")}
@@ -208,7 +211,7 @@ def render_markdown(result: dict) -> str:
             labels = {fw: case["frameworks"][fw].get("label", LABEL[fw]) if fw in case["frameworks"] else LABEL[fw]
                       for fw in case["split"]}
             lines += ["", f"**{case['case']}**"] + split_lines(case["split"], labels)
-    lines += ["", f"## JAX levers, one at a time ({result['cases'][0]['case']})", "",
+    lines += ["", f"## JAX levers, one at a time ({result.get('lever_case', result['cases'][0]['case'])})", "",
               "| lever | what changes | tokens/s | vs default | MFU | peak device memory | setup, cold | status |",
               "|---|---|---|---|---|---|---|---|"]
     for row in result["levers"]:
@@ -264,7 +267,7 @@ def plot(result: dict, path) -> None:
     right.set_yticks(range(len(rows)), [r["lever"] for r in rows])
     right.invert_yaxis()
     right.set_xlabel("JAX tokens/s (median)")
-    right.set_title(f"levers, {result['cases'][0]['case']}")
+    right.set_title(f"levers, {result.get('lever_case', result['cases'][0]['case'])}")
     fig.suptitle(f"Benchmark on {result['device']}")
     fig.tight_layout()
     path = Path(path)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from configs.optim import OptimConfig
 from configs.tracks import Track
 from jax_nano.bench import bench, profile
 from jax_nano.core import device
@@ -43,7 +44,9 @@ def test_the_plan_interleaves_both_frameworks_and_runs_each_lever_as_data():
     assert f"{len(runs)} runs" in text and "budget of 8 min" in text
     # Every lever of the table sets fields the Track has.
     fields = {f.name for f in dataclasses.fields(Track)}
-    assert all(set(lever.track) <= fields and (lever.track or lever.env) for lever in bench.LEVERS)
+    optim_fields = {f.name for f in dataclasses.fields(OptimConfig)}
+    assert all(set(lever.track) <= fields and set(lever.optim) <= optim_fields and (lever.track or lever.env or
+               lever.optim) for lever in bench.LEVERS)
     bench.Plan().check()
 
 
@@ -205,3 +208,22 @@ def test_smoke_suite_runs_every_kind_of_row_on_the_cpu(tmp_path):
     assert all(r["steps"] == 3 and r["reached_target"] is False for r in loss_runs)  # the check ran, never met
     assert "| JAX |" in md and "| PyTorch (compiled) |" in md and "| PyTorch eager |" in md
     assert files["png"].name in md
+
+
+def test_the_cpu_race_plans_both_cases_every_form_the_split_and_the_cpu_levers():
+    plan = bench.Plan(cpu=True, steps=4, repeats=2, levers=bench.parse_levers("cpu"), split_steps=2)
+    plan.check()
+    runs = bench.plan_runs(plan, {"smoke": "a", "88M 4x256": "b"})
+    head = [r for r in runs if r.kind == "head-to-head"]
+    assert [(r.case, r.framework) for r in head[:6]] == [(c, f) for c in ("smoke", "88M 4x256")
+                                                         for f in ("jax", "torch", "torch-eager")]
+    smoke, big = head[0].track, head[3].track
+    assert (smoke.model, smoke.batch_size, smoke.seq_len, smoke.data) == ("small", 8, 128, "a")
+    assert (big.model, big.batch_size, big.seq_len, big.precision, big.data) == ("blueberry-88m", 4, 256, "bf16", "b")
+    levers = {r.lever: r for r in runs if r.kind == "lever"}
+    assert set(levers) == set(bench.CPU_LEVERS) and all(r.case == "88M 4x256" for r in levers.values())
+    assert levers["ortho-bfloat16"].track.optim.ortho_dtype == "bfloat16" and big.optim.ortho_dtype == "auto"
+    assert levers["cpu-onednn"].env == {"XLA_FLAGS": "--xla_cpu_use_onednn=true"}
+    split = [(r.case, r.framework) for r in runs if r.kind == "split"]
+    assert len(split) == 6 and split[3] == ("88M 4x256", "jax")
+    assert "estimated" in bench.describe_plan(runs, plan)
