@@ -219,7 +219,8 @@ def test_the_cpu_race_plans_both_cases_every_form_the_split_and_the_cpu_levers()
                                                          for f in ("jax", "torch", "torch-eager")]
     smoke, big = head[0].track, head[3].track
     assert (smoke.model, smoke.batch_size, smoke.seq_len, smoke.data) == ("small", 8, 128, "a")
-    assert (big.model, big.batch_size, big.seq_len, big.precision, big.data) == ("blueberry-88m", 4, 256, "bf16", "b")
+    assert (big.model, big.batch_size, big.seq_len, big.precision, big.data) == ("blueberry-88m", 4, 256, "float32",
+                                                                                  "b")
     levers = {r.lever: r for r in runs if r.kind == "lever"}
     assert set(levers) == set(bench.CPU_LEVERS) and all(r.case == "88M 4x256" for r in levers.values())
     assert levers["ortho-bfloat16"].track.optim.ortho_dtype == "bfloat16" and big.optim.ortho_dtype == "auto"
