@@ -147,7 +147,9 @@ def notes_for(records: list[dict], plan) -> list[str]:
     if measured is not None:
         notes.append(f"MFU is against the **measured** matmul peak of this device "
                      f"({measured['peak_flops'] / 1e9:,.0f} GFLOP/s: the best square float32/bf16 matmul of the "
-                     "installed frameworks, jax_nano/core/peak.py), not a published figure.")
+                     "installed frameworks, jax_nano/core/peak.py), not a published figure"
+                     + ("; it was probed while the load was above the core count, so it is low and the MFU high."
+                        if (measured.get("peak") or {}).get("loaded") else "."))
     compiled = {s.get("compile") for s in done if s.get("framework") == "torch" and s.get("compile")}
     notes += [f"PyTorch: {note}." for note in sorted(compiled)]
     if any(s.get("backend") == "cpu" and s.get("framework") == "torch" for s in done):

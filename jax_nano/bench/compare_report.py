@@ -197,6 +197,7 @@ def aggregate(summaries: list[dict], curves: list[dict] | None = None, *, baseli
         "welch_active_time": welch, "loss_agreement": agreement,
         "mfu_basis": basis.pop() if len(basis) == 1 else None,
         "peak_flops": next((s.get("peak_flops") for s in summaries if s.get("mfu") is not None), None),
+        "peak_loaded": any((s.get("peak") or {}).get("loaded") for s in summaries),
     }
 
 
@@ -235,7 +236,8 @@ def mfu_note(result: dict) -> str | None:
     if basis == "measured":
         return (f"MFU is against the **measured** matmul peak of this device ({peak / 1e9:,.0f} GFLOP/s: the best "
                 "square float32/bf16 matmul of the installed frameworks, jax_nano/core/peak.py), not a published "
-                "figure")
+                "figure" + ("; it was probed while the load was above the core count, so it is low and the MFU high"
+                            if result.get("peak_loaded") else ""))
     if basis == "published":
         return "MFU is against the device's published dense bf16 peak (SPEC section 5)"
     return None
