@@ -133,10 +133,11 @@ def assemble(records: list[dict], plan, cases: tuple, *, device: str, elapsed_s:
 
 def notes_for(records: list[dict], plan) -> list[str]:
     notes = ["Random tokens (no dataset on the machine): these are throughput figures; the losses mean nothing.",
-             "The 4.5loss step keeps its per-step target check, with a target no run reaches (-inf), for the "
-             "steps asked (`compare.stop_rule`).",
              "Setup & Compilation Time: the runs of this invocation share fresh, empty compilation caches: a "
              "program's first run is cold, its repeats warm."]
+    if not getattr(plan, "cpu", False):
+        notes.insert(1, "The 4.5loss step keeps its per-step target check, with a target no run reaches (-inf), for "
+                        "the steps asked (`compare.stop_rule`).")
     if os.environ.get("XLA_FLAGS") or os.environ.get("JAX_NANO_XLA_FLAGS") == "0":
         notes.append("XLA_FLAGS or JAX_NANO_XLA_FLAGS=0 was set when the bench started: the default runs did not "
                      "use the project's default XLA flags, so the xla-flags-off lever changes nothing.")
