@@ -80,7 +80,8 @@ def assemble(records: list[dict], plan, cases: tuple, *, device: str, elapsed_s:
                     pairs.setdefault(r["repeat"], {})[fw] = r["result"]["tokens_per_s"]
         paired = [p["jax"] / p["torch"] for p in pairs.values() if p.get("jax") and p.get("torch")]
         paired_eager = [p["jax"] / p["torch-eager"] for p in pairs.values() if p.get("jax") and p.get("torch-eager")]
-        split = {r["framework"]: r.get("result") or {"error": r.get("error") or r.get("skipped")}
+        split = {r["framework"]: r.get("result") or ({"error": r["error"]} if r.get("error") else
+                                                     {"skipped": r.get("skipped", "not run")})
                  for r in records if r["kind"] == "split" and r["case"] == case.name}
         median = {fw: _median(frameworks[fw]["metrics"]["tokens_per_s"]) for fw in forms}
         any_result = next((r["result"] for fw in forms for r in runs[fw] if "result" in r), None)

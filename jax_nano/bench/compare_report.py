@@ -222,8 +222,9 @@ def split_lines(split: dict | None, labels: dict) -> list[str]:
              "each part synchronised; one process per form after the timed runs).", "",
              "| form | whole step | forward+backward | optimizer | optimizer share |", "|---|---|---|---|---|"]
     for form, part in split.items():
-        if "error" in part:
-            lines.append(f"| {labels.get(form, form)} | failed: {part['error']} | | | |")
+        if "error" in part or "skipped" in part:
+            why = f"failed: {part['error']}" if "error" in part else f"skipped: {part['skipped']}"
+            lines.append(f"| {labels.get(form, form)} | {why} | | | |")
             continue
         total = part["fwd_bwd_s"] + part["optimizer_s"]
         lines.append(f"| {labels.get(form, form)} | {part['step_s'] * 1e3:,.0f} ms | {part['fwd_bwd_s'] * 1e3:,.0f} ms"
