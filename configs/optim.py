@@ -8,8 +8,11 @@ from configs.model import ConfigError
 
 SCHEDULES = ("constant", "cosine", "linear")
 ORTHOGONALIZERS = ("polar-express", "newton-schulz")
-# float16 is what the classic Newton-Schulz records used; float32 is for exact parity tests.
-ORTHO_DTYPES = ("bfloat16", "float32", "float16")
+# float16 is what the classic Newton-Schulz records used; float32 is for exact parity tests. "auto": bfloat16 on
+# accelerators (the records' choice), float32 on a CPU, where XLA runs a bfloat16 matmul as converts around a
+# float32 one (and a CPU without bf16 units has nothing faster to offer): both frameworks resolve it alike
+# (`ortho_dtype_for`), so their runs on one machine still compute the same thing.
+ORTHO_DTYPES = ("auto", "bfloat16", "float32", "float16")
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class OptimConfig:
     warmup_ratio: float = 0.0
     orthogonalizer: str = "polar-express"
     ortho_steps: int = 5
-    ortho_dtype: str = "bfloat16"
+    ortho_dtype: str = "auto"
     # A variant (configs/variants.py): each entry of Muon's orthogonalized update is kept with probability
     # 1 - muon_drop and zeroed otherwise, without rescaling (upstream's Drop-Muon); 0 is off.
     muon_drop: float = 0.0
@@ -58,6 +61,13 @@ class OptimConfig:
 
     def replace(self, **changes) -> "OptimConfig":
         return dataclasses.replace(self, **changes)
+
+
+def ortho_dtype_for(dtype: str, platform: str) -> str:
+    """The orthogonalization dtype a run on `platform` ("cpu", "gpu", "tpu") uses for the setting `dtype`."""
+    if dtype != "auto":
+        return dtype
+    return "float32" if platform == "cpu" else "bfloat16"
 
 
 def lr_factor(kind: str, step: int, total_steps: int, warmup_ratio: float) -> float:

@@ -11,6 +11,9 @@ from configs.optim import OptimConfig
 # "float32": everything float32 (parity, CPU).
 PRECISIONS = ("bf16-compute", "bf16", "float32")
 FRAMEWORKS = ("jax", "torch")
+# PyTorch: torch.compile of the model and of Muon's orthogonalization. "auto": wherever it works (CUDA; a CPU with
+# a C++ compiler for Inductor), eager otherwise with a note in the summary; "on": an error where it cannot.
+TORCH_COMPILE = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class Track:
     remat: str = "none"
     unroll_layers: bool = False
     attention: str = "auto"
+    torch_compile: str = "auto"
     # Stop a run whose loss stays no better than uniform or whose weights blow up (jax_nano/core/guard.py).
     divergence_guard: bool = True
     # A model of no preset (--init-from a file of another size, or a resumed run of one): the fields that replace
@@ -59,6 +63,9 @@ class Track:
             raise ConfigError(f"unknown framework {self.framework!r}; choose one of {', '.join(FRAMEWORKS)}")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError(f"max_steps={self.max_steps} must be positive")
+        if self.torch_compile not in TORCH_COMPILE:
+            raise ConfigError(f"unknown --torch-compile {self.torch_compile!r}; choose one of "
+                              f"{', '.join(TORCH_COMPILE)}")
         check_remat(self.remat)
         check_attention(self.attention, self.precision == "float32")
 

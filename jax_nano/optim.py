@@ -13,7 +13,8 @@ import jax.numpy as jnp
 import optax
 
 from configs.model import ConfigError
-from configs.optim import OptimConfig, lr_factor, ortho_coefficients
+from configs.optim import OptimConfig, lr_factor, ortho_coefficients, ortho_dtype_for
+from jax_nano.model import target_platform
 from jax_nano.variants import muon_drop
 
 __all__ = ["clip_by_global_norm_torch", "lr_factor", "lr_schedule", "make_optimizer", "muon", "orthogonalize",
@@ -168,7 +169,8 @@ def make_optimizer(config: OptimConfig, total_steps: int, whole_matrices=None,
                    seed: int = 0) -> optax.GradientTransformation:
     """Clip all gradients together, then Muon for block matrices and PyTorch-style AdamW for the rest.
     optax.adamw computes -lr*(adam + wd*p_old), the same as torch's p *= 1-lr*wd followed by the Adam step.
-    `whole_matrices`: see `muon` (None on one device). `seed`: the run's, for the muon-drop masks."""
+    `whole_matrices`: see `muon` (None on one device). `seed`: the run's, for the muon-drop masks. The
+    orthogonalization dtype "auto" is resolved for the platform the step is compiled for (`ortho_dtype_for`)."""
     muon_lr = lr_schedule(config.muon_lr, config.schedule, total_steps, config.warmup_ratio)
     adamw_lr = lr_schedule(config.adamw_lr, config.schedule, total_steps, config.warmup_ratio)
     b1, b2 = config.adam_betas
@@ -177,7 +179,8 @@ def make_optimizer(config: OptimConfig, total_steps: int, whole_matrices=None,
         optax.partition(
             {
                 "muon": muon(muon_lr, config.muon_momentum, config.orthogonalizer, config.ortho_steps,
-                             config.ortho_dtype, whole_matrices, config.muon_drop, seed),
+                             ortho_dtype_for(config.ortho_dtype, target_platform()), whole_matrices,
+                             config.muon_drop, seed),
                 "adamw": optax.adamw(adamw_lr, b1=b1, b2=b2, eps=config.adam_eps, weight_decay=config.weight_decay),
             },
             param_labels,

@@ -1,10 +1,12 @@
 """JAX vs PyTorch head to head on one speedrun track: both frameworks, same data, model, batch, hyper-parameters
-and initial weights, interleaved (JAX, PyTorch, JAX, ...), one report (Markdown + JSON + PNG).
+and initial weights, interleaved (JAX, PyTorch, PyTorch eager, JAX, ...), one report (Markdown + JSON + PNG).
+PyTorch is compiled wherever torch.compile works (--torch-compile auto); eager PyTorch is an extra row.
 
     python scripts/compare.py --track 8M --data processed_data/offline
     python scripts/compare.py --track 4.5loss --repeats 5
     python scripts/compare.py --track 8M --steps 50 --repeats 2       # quick throughput-only comparison
     python scripts/compare.py --track 8M --steps 50 --profile traces/8M
+    python scripts/compare.py --track smoke --steps 20 --repeats 3 --device cpu      # the CPU race, smoke case
 
 Every speedrun override flag of scripts/speedrun.py works here too (--model, --batch-size, --precision, ...).
 """
@@ -35,6 +37,11 @@ def parser() -> argparse.ArgumentParser:
         if flag == "tokens":
             text = "stop after N tokens, whatever the track's stop rule (throughput-only for a loss track)"
         add_flag(p, flag, kind, text)
+    p.add_argument("--no-eager", action="store_true",
+                   help="no eager PyTorch row beside the compiled one (it runs only when PyTorch may compile)")
+    p.add_argument("--split-steps", type=int, default=3, metavar="N",
+                   help="after the runs, time N steps of each form in two halves, forward+backward and optimizer\n"
+                        "(default 3; 0: no split)")
     p.add_argument("--profile", default=None, metavar="DIR",
                    help="after the comparison, save a JAX profiler trace of 5 steps here (untimed)")
     p.add_argument("--output", default=None, metavar="STEM",
@@ -65,6 +72,8 @@ def main(argv=None) -> int:
         raise compare.CompareError(f"--repeats {args.repeats}: must be >= 1 (3 or more for a significance test)")
     if args.steps is not None and args.tokens is not None:
         raise compare.CompareError("--steps and --tokens conflict: pass only one budget")
+    if args.split_steps < 0:
+        raise compare.CompareError(f"--split-steps {args.split_steps}: must be >= 0 (0: no split)")
     if (args.steps is not None or args.tokens is not None) and args.target_loss is not None:
         raise compare.CompareError("--steps/--tokens and --target-loss conflict: a run stops on one rule")
     tokens, args.tokens = args.tokens, None  # applied below by stop_rule, which keeps a loss track a loss track
@@ -74,7 +83,8 @@ def main(argv=None) -> int:
     check_device(args.device, FRAMEWORKS)  # the workers inherit what "cpu" sets in the environment
     result = compare.compare(track, repeats=args.repeats, results_dir=args.results_dir, output=args.output,
                              show_bar=not args.no_bar, profile_dir=args.profile, baseline=args.baseline,
-                             throughput_only=throughput_only, keep_work=args.keep_work, mesh=args.mesh)
+                             throughput_only=throughput_only, keep_work=args.keep_work, mesh=args.mesh,
+                             eager=not args.no_eager, split_steps=args.split_steps)
     print(Path(result["files"]["md"]).read_text())
     print("report: " + ", ".join(result["files"].values()))
     return 0

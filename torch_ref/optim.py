@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from configs.model import ConfigError
-from configs.optim import OptimConfig, lr_factor, ortho_coefficients
+from configs.optim import OptimConfig, lr_factor, ortho_coefficients, ortho_dtype_for
 from torch_ref.variants import muon_drop
 
 __all__ = ["Muon", "compiled_orthogonalize", "lr_factor", "make_optimizer", "orthogonalize", "param_label", "step"]
@@ -40,9 +40,11 @@ def orthogonalize(G: torch.Tensor, method: str = "polar-express", steps: int = 5
 def compiled_orthogonalize():
     """`orthogonalize` under `torch.compile`, as upstream compiles its Polar Express: on CUDA the ~47 small
     kernels per matrix of the eager version (norm, casts, 15 matmuls, the elementwise a*X + B@X ...) become the
-    matmuls plus a few fused kernels. One compiled function for the process, so the optimizers rebuilt after
-    the warm-up steps reuse what those steps compiled (a recompile per matrix shape, then dynamic shapes)."""
-    return torch.compile(orthogonalize)
+    matmuls plus a few fused kernels; on the CPU Inductor's C++ code fuses the elementwise work the same way. One
+    compiled function for the process, so the optimizers rebuilt after the warm-up steps reuse what those steps
+    compiled: one static graph per matrix shape (four in the 88M model), all compiled during the warm-up, where
+    dynamic shapes would compile a second, symbolic graph once a second shape appears."""
+    return torch.compile(orthogonalize, dynamic=False)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -55,8 +57,10 @@ class Muon(torch.optim.Optimizer):
     torch_ref/variants/muon_drop.py)."""
 
     def __init__(self, params, lr: float = 0.015, momentum: float = 0.95, method: str = "polar-express",
-                 steps: int = 5, dtype="bfloat16", drop: float = 0.0, seed: int = 0, masks=None):
+                 steps: int = 5, dtype="bfloat16", compile: bool = False, drop: float = 0.0, seed: int = 0,
+                 masks=None):
         ortho_coefficients(method, steps)
+        self.ortho = compiled_orthogonalize() if compile else orthogonalize
         super().__init__(params, dict(lr=lr, momentum=momentum, method=method, steps=steps, dtype=dtype, drop=drop))
         self.masks = masks or muon_drop.Masks(seed, drop)
 
@@ -79,9 +83,7 @@ class Muon(torch.optim.Optimizer):
                 buf.lerp_(p.grad, 1 - group["momentum"])
                 # Out of place (upstream lerps .grad in place) so the gradient is still there for logging.
                 u = p.grad.lerp(buf, group["momentum"])
-                # CPU stays eager: Inductor's CPU code is not what the parity tests check, and compiles slowly.
-                ortho = compiled_orthogonalize() if p.is_cuda else orthogonalize
-                o = ortho(u, group["method"], group["steps"], group["dtype"])
+                o = self.ortho(u, group["method"], group["steps"], group["dtype"])
                 if group["drop"] > 0:
                     o = muon_drop.drop(o, state, index, self.masks)
                 p.add_(o, alpha=-group["lr"] * max(1, p.size(-2) / p.size(-1)) ** 0.5)
@@ -106,17 +108,25 @@ def param_label(name: str, p: torch.Tensor) -> str:
 # The whole optimizer
 
 
-def make_optimizer(config: OptimConfig, model: nn.Module, total_steps: int, seed: int = 0, masks=None):
+def _platform(model: nn.Module) -> str:
+    return "cpu" if next(model.parameters()).device.type == "cpu" else "gpu"
+
+
+def make_optimizer(config: OptimConfig, model: nn.Module, total_steps: int, compile: bool = False, seed: int = 0,
+                   masks=None):
     """([Muon, AdamW], [their LambdaLR schedulers]). LambdaLR sets lr = base*lr_factor(0) at construction and
     the scheduler steps after the optimizer, so optimizer step s runs with lr_factor(s), as in the JAX optimizer.
-    `seed` (the run's) and `masks`: the muon-drop variant's (Muon)."""
+    `compile`: Muon orthogonalizes with `compiled_orthogonalize` (the eager `orthogonalize` otherwise). The
+    orthogonalization dtype "auto" is resolved for the parameters' device (`ortho_dtype_for`). `seed` (the run's)
+    and `masks`: the muon-drop variant's (Muon)."""
     if total_steps < 1:
         raise ConfigError(f"total_steps={total_steps} must be >= 1")
     groups = {"muon": [], "adamw": []}
     for name, p in model.named_parameters():  # yields the tied lm_head once, under token_embedding
         groups[param_label(name, p)].append(p)
     muon = Muon(groups["muon"], lr=config.muon_lr, momentum=config.muon_momentum, method=config.orthogonalizer,
-                steps=config.ortho_steps, dtype=config.ortho_dtype, drop=config.muon_drop, seed=seed, masks=masks)
+                steps=config.ortho_steps, dtype=ortho_dtype_for(config.ortho_dtype, _platform(model)), compile=compile,
+                drop=config.muon_drop, seed=seed, masks=masks)
     on_cuda = all(p.is_cuda for p in groups["adamw"])
     adamw = torch.optim.AdamW(groups["adamw"], lr=config.adamw_lr, betas=config.adam_betas, eps=config.adam_eps,
                               weight_decay=config.weight_decay, **({"fused": True} if on_cuda else {"foreach": True}))

@@ -1,8 +1,9 @@
 """The PyTorch trainer: upstream's recipe, so that it is a fair baseline for the JAX one.
 
-Mirrors jax_nano/train.py: `torch.compile` of the model and of Muon's orthogonalization on CUDA, untimed warm-up
-steps after which the initial weights are restored and fresh optimizers built, bf16 autocast (or a model cast
-wholly to bf16), fused AdamW on CUDA. PERFORMANCE.md compares it with upstream's trainer lever by lever.
+Mirrors jax_nano/train.py: `torch.compile` of the model and of Muon's orthogonalization wherever it works (the
+track's `torch_compile`, torch_ref/compiles.py), compiled during the untimed warm-up steps, after which the
+initial weights are restored and fresh optimizers built; bf16 autocast (or a model cast wholly to bf16), fused
+AdamW on CUDA. PERFORMANCE.md compares it with upstream's trainer lever by lever.
 
 A loss track reads each step's loss before the next step is dispatched (`lag = 0`): it stops at the first
 step under the target, and a PyTorch step cannot be taken back without keeping a copy of the whole state. A
@@ -14,7 +15,6 @@ import contextlib
 import copy
 import dataclasses
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -28,7 +28,7 @@ from jax_nano.core.checkpoints import fingerprint
 from jax_nano.core.loop import Progress
 from jax_nano.core.trainer import TrainerError
 from torch_ref import checkpoint as torch_ckpt
-from torch_ref import optim
+from torch_ref import compiles, optim
 from torch_ref.model import MinimalLLM, count_params, loss_fn
 from torch_ref.tensors import default_device, to_numpy, torch_state_dict
 
@@ -46,6 +46,7 @@ class TorchTrainer:
         self.run_dir, self.init_weights = run_dir, init_weights
         self.device = default_device()
         self.dtype = torch.bfloat16 if track.precision == "bf16" else torch.float32
+        self.compiling = compiles.decide(track.torch_compile, self.device)
 
     @staticmethod
     def mesh_for(track: Track, spec: str | None):
@@ -68,7 +69,7 @@ class TorchTrainer:
         """Initial weights and fresh optimizers (after the warm-up, as upstream does)."""
         self.model.load_state_dict(self.initial_weights)
         self.optimizers, self.schedulers = optim.make_optimizer(self.track.optim, self.model, self.track.total_steps,
-                                                                  seed=self.seed)
+                                                                  compile=self.compiling.compile, seed=self.seed)
 
     # -- compile, warm up, reset ---------------------------------------------------------------------------
 
@@ -80,7 +81,7 @@ class TorchTrainer:
             self.model.load_state_dict(torch_state_dict(self.init_weights), strict=True)
         self.model.to(self.device, self.dtype)
         self.initial_weights = copy.deepcopy(self.model.state_dict())
-        self.forward = torch.compile(self.model) if self.device.type == "cuda" else self.model
+        self.forward = torch.compile(self.model) if self.compiling.compile else self.model
         self._reset()
         for ids_BT in warmup_batches:
             self.step(ids_BT)
@@ -170,14 +171,13 @@ class TorchTrainer:
         return {k: to_numpy(v) for k, v in self.model.state_dict().items()}
 
     def compiles(self) -> int:
-        """Graphs torch.compile has compiled in this process (none on the CPU, where nothing is compiled). Its
-        counters live in torch._dynamo, which only a compilation imports (importing it costs seconds)."""
-        dynamo = sys.modules.get("torch._dynamo.utils")
-        return dynamo.counters["stats"]["unique_graphs"] if dynamo is not None else 0
+        """Graphs torch.compile has compiled in this process (none when it runs eagerly)."""
+        return compiles.counters()["graphs"]
 
     def facts(self) -> dict:
         on_gpu = self.device.type == "cuda"
         return {"device": torch.cuda.get_device_name(self.device) if on_gpu else platform.processor() or "CPU",
                 "peak_memory_bytes": torch.cuda.max_memory_allocated(self.device) if on_gpu else None,
                 "versions": {"torch": torch.__version__}, "params": count_params(self.cfg),
-                "n_devices": 1, "n_processes": 1, "mesh": "single-device"}
+                "n_devices": 1, "n_processes": 1, "mesh": "single-device", "compile": self.compiling.note,
+                "graph_breaks": compiles.counters()["graph_breaks"]}

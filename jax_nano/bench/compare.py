@@ -1,11 +1,16 @@
 """JAX vs PyTorch head to head (SPEC section 5: one run, one machine, interleaved, several times).
 
-`compare(track, repeats=N)` trains the same track in both frameworks, alternating JAX, PyTorch, JAX, ... from
-the same initial weights (the JAX initialisation, exported once as a PyTorch state_dict and given to every run
-as `init_from`), and writes one report: Markdown, JSON and a PNG of the loss-vs-Active-Training-Time curves.
+`compare(track, repeats=N)` trains the same track in both frameworks, alternating JAX, PyTorch, PyTorch eager,
+JAX, ... from the same initial weights (the JAX initialisation, exported once as a PyTorch state_dict and given
+to every run as `init_from`), and writes one report: Markdown, JSON and a PNG of the loss-vs-time curves.
 
 Every run is its own process with the comparison's own fresh compilation caches (jax_nano/bench/worker.py), so peak
 device memory is per run and each framework's first run is cold, its later runs warm.
+
+PyTorch runs as its trainer runs by default: compiled wherever torch.compile works (the track's `torch_compile`);
+eager PyTorch is a labelled extra row (`eager=False` drops it). The machine's load is sampled before and during
+the runs (jax_nano/bench/load.py), and after the timed runs one more process per form times a step in two halves,
+forward+backward and optimizer (`split_steps`; 0 skips it).
 
 The report is jax_nano/bench/compare_report.py; its statistics (median, spread, Welch's t-test) are in
 jax_nano/bench/stats.py.
@@ -20,9 +25,18 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from configs.tracks import FRAMEWORKS, Track
-from jax_nano.bench.compare_report import LABEL, CompareError, aggregate, curve_of, device_slug, write_report
-from jax_nano.bench.worker import launch, worker_env
+from configs.tracks import Track
+from jax_nano.bench.compare_report import (
+    FORM_TRACK,
+    LABEL,
+    CompareError,
+    aggregate,
+    curve_of,
+    device_slug,
+    write_report,
+)
+from jax_nano.bench.load import LoadMonitor
+from jax_nano.bench.worker import WorkerError, launch, worker_env
 
 
 def stop_rule(track: Track, *, steps: int | None = None, tokens: int | None = None) -> Track:
@@ -57,9 +71,35 @@ def _check_data(track: Track) -> None:
     require_tokens(store, needed, track.name)
 
 
+def forms_for(track: Track, eager: bool = True) -> tuple:
+    """The forms a race runs: JAX, PyTorch as the track runs it, and eager PyTorch as an extra row when the PyTorch
+    row may compile (with --torch-compile off the PyTorch row is eager already)."""
+    extra = ("torch-eager",) if eager and track.torch_compile != "off" else ()
+    return ("jax", "torch", *extra)
+
+
+def form_track(track: Track, form: str) -> Track:
+    return track.replace(**FORM_TRACK[form])
+
+
+def split_steps_of(track: Track, forms: tuple, work: Path, steps: int, show_bar: bool, log) -> dict:
+    """Each form's step timed in two halves (worker "split" jobs), after the timed runs."""
+    split = {}
+    for form in forms:
+        log(f"[compare] step split of {LABEL[form]}: {steps} steps timed in two halves")
+        try:
+            split[form] = launch({"mode": "split", "track": form_track(track, form), "steps": steps,
+                                  "runs_dir": str(work / "runs"), "show_bar": show_bar},
+                                 work, f"the step split of {LABEL[form]}",
+                                 env=worker_env(work, FORM_TRACK[form]["framework"]))
+        except (WorkerError, RuntimeError) as e:
+            split[form] = {"error": str(e).splitlines()[0]}
+    return split
+
+
 def compare(track: Track, *, repeats: int = 3, results_dir="results", output=None, show_bar: bool = True,
             profile_dir=None, baseline=None, throughput_only: bool = False, keep_work: bool = False,
-            mesh: str | None = None, log=print) -> dict:
+            mesh: str | None = None, eager: bool = True, split_steps: int = 3, log=print) -> dict:
     """Run the head to head and write the report; returns the report dict (with "files").
 
     `mesh`: the JAX runs' device mesh ("data=N,fsdp=M", speedrun's `mesh`); PyTorch always uses one device, so
@@ -81,23 +121,30 @@ def compare(track: Track, *, repeats: int = 3, results_dir="results", output=Non
         log(f"[compare] {track.name}: the JAX initial weights (seed {track.seed}) are exported by the first run "
             "and every run of both frameworks starts from them")
         summaries, curves = [], []
-        total = 2 * repeats
-        for k in range(repeats):
-            for fw in FRAMEWORKS:
-                i = len(summaries) + 1
-                cache = "cold cache" if k == 0 else "warm cache"
-                log(f"[compare] run {i}/{total}: {LABEL[fw]} (repeat {k + 1}/{repeats}, {cache})")
-                run_name = f"compare-{track.name}-{fw}-{k + 1}"
-                summary = launch({"mode": "run", "track": track.replace(framework=fw), "run_name": run_name,
-                                   "results_dir": str(run_results), "runs_dir": str(work / "runs"),
-                                   "init_from": str(work / "init.pt"), "show_bar": show_bar,
-                                   "export_init": not summaries, "mesh": mesh if fw == "jax" else None},
-                                  work, f"run {i}/{total} ({LABEL[fw]})", env=worker_env(work, fw))
-                summaries.append(summary)
-                curves.append(curve_of(run_results / f"{run_name}.jsonl"))
-                log(f"[compare]   {LABEL[fw]}: {summary['active_time']} active, {summary['tokens_per_s']:,.0f} "
-                    f"tokens/s, setup {summary['setup_time_s']:.2f} s, train loss {summary['train_loss']:.4f}")
+        forms = forms_for(track, eager)
+        total = len(forms) * repeats
+        with LoadMonitor() as load:
+            for k in range(repeats):
+                for fw in forms:
+                    i = len(summaries) + 1
+                    cache = "cold cache" if k == 0 else "warm cache"
+                    log(f"[compare] run {i}/{total}: {LABEL[fw]} (repeat {k + 1}/{repeats}, {cache})")
+                    run_name = f"compare-{track.name}-{fw}-{k + 1}"
+                    summary = launch({"mode": "run", "track": form_track(track, fw), "run_name": run_name,
+                                      "results_dir": str(run_results), "runs_dir": str(work / "runs"),
+                                      "init_from": str(work / "init.pt"), "show_bar": show_bar,
+                                      "export_init": not summaries, "mesh": mesh if fw == "jax" else None},
+                                     work, f"run {i}/{total} ({LABEL[fw]})",
+                                     env=worker_env(work, FORM_TRACK[fw]["framework"]))
+                    summary["form"] = fw
+                    summaries.append(summary)
+                    curves.append(curve_of(run_results / f"{run_name}.jsonl"))
+                    log(f"[compare]   {LABEL[fw]}: {summary['active_time']} active, "
+                        f"{summary['tokens_per_s']:,.0f} tokens/s, setup {summary['setup_time_s']:.2f} s, "
+                        f"train loss {summary['train_loss']:.4f}")
+        split = split_steps_of(track, forms, work, split_steps, show_bar, log) if split_steps else None
         result = aggregate(summaries, curves, baseline=baseline_report)
+        result["load"], result["split"] = load.summary(), split
         result["track_config"] = {**dataclasses.asdict(track), "framework": "both"}
         result["throughput_only"] = throughput_only
         result["run_results_dir"] = str(run_results)
@@ -119,17 +166,11 @@ def compare(track: Track, *, repeats: int = 3, results_dir="results", output=Non
 
 
 def notes_for(summaries: list[dict]) -> list[str]:
-    notes = []
-    torch_versions = next((s.get("versions") or {} for s in summaries if s["framework"] == "torch"), {})
-    on_cuda = "+cpu" not in str(torch_versions.get("torch", "")) and any(
-        s.get("peak_memory_bytes") for s in summaries if s["framework"] == "torch")
-    notes.append("Setup & Compilation Time: JAX's persistent compilation cache and TorchInductor's/Triton's caches "
-                 "start empty, so each framework's first run is cold and the later ones warm.")
-    if not on_cuda:
-        notes.append("PyTorch ran without a CUDA device: torch.compile is used only on CUDA, so its setup includes "
-                     "no compilation and its cold and warm figures both measure eager setup.")
+    notes = ["Setup & Compilation Time: JAX's persistent compilation cache and TorchInductor's/Triton's caches "
+             "start empty, so each form's first run is cold and the later ones warm; a compiled PyTorch's setup "
+             "includes its compilation, off the clock, as JAX's does."]
     if any(s.get("mfu") is None for s in summaries):
-        notes.append("MFU is n/a where the device has no peak bf16 figure (CPUs; SPEC section 5).")
+        notes.append("MFU is n/a where the device has neither a published peak nor a measured one.")
     if any(s.get("peak_memory_bytes") is None for s in summaries):
         notes.append("Peak device memory is n/a where the framework does not report it (PyTorch on CPU).")
     if any(s.get("compiles_during_run") for s in summaries):

@@ -8,10 +8,31 @@ from pathlib import Path
 
 from configs.errors import UserError
 from configs.tracks import FRAMEWORKS
+from jax_nano.bench.load import describe as load_lines
 from jax_nano.bench.stats import ratio, spread, welch_t_test
 from jax_nano.core import report
 
-LABEL = {"jax": "JAX", "torch": "PyTorch"}
+# A form is a framework run one way: the race is JAX against PyTorch as it runs by default (compiled wherever
+# torch.compile works), with eager PyTorch as a labelled extra row. A run's summary names its form ("form"; a
+# summary without one is its framework's default form).
+FORMS = ("jax", "torch", "torch-eager")
+LABEL = {"jax": "JAX", "torch": "PyTorch", "torch-eager": "PyTorch eager"}
+FORM_TRACK = {"jax": {"framework": "jax"}, "torch": {"framework": "torch"},
+              "torch-eager": {"framework": "torch", "torch_compile": "off"}}
+
+
+def form_of(summary: dict) -> str:
+    return summary.get("form") or summary["framework"]
+
+
+def form_label(form: str, summaries: list[dict]) -> str:
+    """"PyTorch (compiled)" where the runs compiled, else "PyTorch (eager)"; "JAX", "PyTorch eager" as they are."""
+    if form != "torch":
+        return LABEL[form]
+    notes = {s.get("compile") or "" for s in summaries}
+    if notes and all(n.startswith("torch.compile") for n in notes):
+        return "PyTorch (compiled)"
+    return "PyTorch (eager)" if notes and not any(n.startswith("torch.compile") for n in notes) else LABEL[form]
 
 
 class CompareError(UserError):
@@ -100,14 +121,15 @@ def aggregate(summaries: list[dict], curves: list[dict] | None = None, *, baseli
     multi-device run: per-device tokens/s over that report's median tokens/s of the same framework.
     """
     curves = curves if curves is not None else [None] * len(summaries)
-    runs = {fw: [(s, c) for s, c in zip(summaries, curves) if s["framework"] == fw] for fw in FRAMEWORKS}
-    missing = [fw for fw in FRAMEWORKS if not runs[fw]]
+    forms = [f for f in FORMS if any(form_of(s) == f for s in summaries)]
+    runs = {fw: [(s, c) for s, c in zip(summaries, curves) if form_of(s) == fw] for fw in forms}
+    missing = [fw for fw in FRAMEWORKS if fw not in runs]
     if missing:
         raise CompareError(f"no {' or '.join(missing)} run to compare; a comparison needs both frameworks")
-    n_devices = {fw: [int(s.get("n_devices") or 1) for s, _ in runs[fw]] for fw in FRAMEWORKS}
+    n_devices = {fw: [int(s.get("n_devices") or 1) for s, _ in runs[fw]] for fw in forms}
     multi = any(n > 1 for ns in n_devices.values() for n in ns)
     frameworks = {}
-    for fw in FRAMEWORKS:
+    for fw in forms:
         ss = [s for s, _ in runs[fw]]
         loss_track = ss[0].get("reached_target") is not None
         metrics = {
@@ -132,19 +154,23 @@ def aggregate(summaries: list[dict], curves: list[dict] | None = None, *, baseli
                         .get("tokens_per_s") or {}).get("median")
             metrics["scaling_efficiency"] = spread([p / base for p in per_device]) if base else None
         frameworks[fw] = {
-            "label": LABEL[fw], "n_runs": len(ss), "n_devices": n_devices[fw], "versions": ss[0].get("versions"),
+            "label": form_label(fw, ss), "compile": ss[0].get("compile"), "n_runs": len(ss),
+            "n_devices": n_devices[fw], "versions": ss[0].get("versions"),
             "device": ss[0].get("device"), "reached_target": [s.get("reached_target") for s in ss] if loss_track
             else None, "compiles_during_run": [s.get("compiles_during_run") for s in ss],
             "metrics": metrics,
-            "runs": [{k: s.get(k) for k in ("run", "active_time_s", "tokens_per_s", "mfu", "setup_time_s",
-                                            "peak_memory_bytes", "train_loss", "val_loss", "steps", "tokens",
-                                            "reached_target", "n_devices")} for s in ss],
+            "runs": [{k: s.get(k) for k in ("run", "active_time_s", "tokens_per_s", "mfu", "mfu_basis",
+                                            "setup_time_s", "peak_memory_bytes", "train_loss", "val_loss", "steps",
+                                            "tokens", "reached_target", "n_devices")} for s in ss],
         }
-    ratios = {}
+    ratios, ratios_eager = {}, {}
     for key in METRICS:
-        if any(key in frameworks[fw]["metrics"] for fw in FRAMEWORKS):
+        if any(key in frameworks[fw]["metrics"] for fw in forms):
             j, t = (frameworks[fw]["metrics"].get(key) for fw in FRAMEWORKS)
             ratios[key] = ratio(j and j["median"], t and t["median"])
+            if "torch-eager" in frameworks:
+                e = frameworks["torch-eager"]["metrics"].get(key)
+                ratios_eager[key] = ratio(j and j["median"], e and e["median"])
     welch = None
     if min(len(runs["jax"]), len(runs["torch"])) >= 3:
         test = welch_t_test(frameworks["jax"]["metrics"]["active_time_s"]["values"],
@@ -161,13 +187,17 @@ def aggregate(summaries: list[dict], curves: list[dict] | None = None, *, baseli
                 gaps.append(gap)
     agreement = max(gaps, key=lambda g: g["max_abs_diff"]) if gaps else None
     first = summaries[0]
+    basis = {s.get("mfu_basis") for s in summaries if s.get("mfu") is not None}
     return {
         "track": first.get("track"), "device": first.get("device"), "commit": first.get("commit"),
-        "date": first.get("date"), "order": [s["framework"] for s in summaries],
+        "date": first.get("date"), "order": [form_of(s) for s in summaries], "forms": forms,
         "versions": {fw: frameworks[fw]["versions"] for fw in FRAMEWORKS},
         "repeats": min(len(runs["jax"]), len(runs["torch"])),
-        "frameworks": frameworks, "ratios": ratios, "welch_active_time": welch,
-        "loss_agreement": agreement,
+        "frameworks": frameworks, "ratios": ratios, "ratios_eager": ratios_eager or None,
+        "welch_active_time": welch, "loss_agreement": agreement,
+        "mfu_basis": basis.pop() if len(basis) == 1 else None,
+        "peak_flops": next((s.get("peak_flops") for s in summaries if s.get("mfu") is not None), None),
+        "peak_loaded": any((s.get("peak") or {}).get("loaded") for s in summaries),
     }
 
 
@@ -184,8 +214,40 @@ def welch_statement(test: dict, time_ratio: float | None, alpha: float) -> str:
     return f"{direction}; Welch's t-test p = {test['p']:.3g}: the difference is {verdict} at {alpha:g}."
 
 
+def split_lines(split: dict | None, labels: dict) -> list[str]:
+    """The table of one step split into forward+backward and optimizer (jax_nano/bench/worker.py, "split")."""
+    if not split:
+        return []
+    lines = ["", "Where a step goes: forward+backward and the optimizer step timed apart (median of a few steps, "
+             "each part synchronised; one process per form after the timed runs).", "",
+             "| form | whole step | forward+backward | optimizer | optimizer share |", "|---|---|---|---|---|"]
+    for form, part in split.items():
+        if "error" in part or "skipped" in part:
+            why = f"failed: {part['error']}" if "error" in part else f"skipped: {part['skipped']}"
+            lines.append(f"| {labels.get(form, form)} | {why} | | | |")
+            continue
+        total = part["fwd_bwd_s"] + part["optimizer_s"]
+        lines.append(f"| {labels.get(form, form)} | {part['step_s'] * 1e3:,.0f} ms | {part['fwd_bwd_s'] * 1e3:,.0f} ms"
+                     f" | {part['optimizer_s'] * 1e3:,.0f} ms | {part['optimizer_s'] / total:.0%} |")
+    return lines
+
+
+def mfu_note(result: dict) -> str | None:
+    basis, peak = result.get("mfu_basis"), result.get("peak_flops")
+    if basis == "measured":
+        return (f"MFU is against the **measured** matmul peak of this device ({peak / 1e9:,.0f} GFLOP/s: the best "
+                "square float32/bf16 matmul of the installed frameworks, jax_nano/core/peak.py), not a published "
+                "figure" + ("; it was probed while the load was above the core count, so it is low and the MFU high"
+                            if result.get("peak_loaded") else ""))
+    if basis == "published":
+        return "MFU is against the device's published dense bf16 peak (SPEC section 5)"
+    return None
+
+
 def render_markdown(result: dict) -> str:
     fws = result["frameworks"]
+    forms = result.get("forms") or list(FRAMEWORKS)
+    labels = {f: fws[f].get("label", LABEL[f]) for f in forms}
     track = result["track_config"] if "track_config" in result else {}
     lines = [f"# JAX vs PyTorch: track `{result['track']}` on {result['device']}", ""]
     lines.append(f"- device: **{result['device']}**; commit `{result['commit']}`; date {result.get('date')}")
@@ -204,26 +266,39 @@ def render_markdown(result: dict) -> str:
         lines.append("- **throughput-only comparison**: a fixed step budget (`--steps`/`--tokens`) instead of the "
                      "track's stop rule (a loss track keeps its target check, with a target it cannot reach); "
                      "losses are not the track's result")
-    order = ", ".join(LABEL[f] for f in result["order"])
-    lines.append(f"- {result['repeats']} runs per framework, interleaved: {order}; every run a fresh process, both "
-                 "frameworks from the same initial weights")
+    order = ", ".join(labels[f] for f in result["order"])
+    lines.append(f"- {result['repeats']} runs per form, interleaved: {order}; every run a fresh process, all "
+                 "from the same initial weights")
+    for form in forms:
+        if fws[form].get("compile"):
+            lines.append(f"- {labels[form]}: {fws[form]['compile']}")
+    lines += [f"- {line}" for line in load_lines(result.get("load"))]
+    if mfu_note(result):
+        lines.append(f"- {mfu_note(result)}")
     for note in result.get("notes", []):
         lines.append(f"- {note}")
-    lines += ["", "Median [min – max] ±stdev over the runs; ratio = JAX / PyTorch of the medians "
-              "(tokens/s ratio > 1 and time ratio < 1 favour JAX).", "",
-              "| metric | JAX | PyTorch | JAX / PyTorch |", "|---|---|---|---|"]
+    eager = "torch-eager" in forms
+    lines += ["", f"Median [min – max] ±stdev over the runs; ratio = JAX / {labels['torch']} of the medians "
+              "(tokens/s ratio > 1 and time ratio < 1 favour JAX)" + (", and JAX / PyTorch eager" if eager else "")
+              + ".", "",
+              "| metric | " + " | ".join(labels[f] for f in forms) + f" | JAX / {labels['torch']} |"
+              + (" JAX / PyTorch eager |" if eager else ""),
+              "|---|" + "---|" * (len(forms) + 1 + eager)]
     for key, (label, kind, _) in METRICS.items():
-        j, t = fws["jax"]["metrics"].get(key), fws["torch"]["metrics"].get(key)
-        if key not in fws["jax"]["metrics"] and key not in fws["torch"]["metrics"]:
+        if not any(key in fws[f]["metrics"] for f in forms):
             continue
         r = result["ratios"].get(key)
-        lines.append(f"| {label} | {fmt_stats(j, kind)} | {fmt_stats(t, kind)} | "
-                     f"{'n/a' if r is None else f'{r:.3f}'} |")
+        cells = [fmt_stats(fws[f]["metrics"].get(key), kind) for f in forms] + ["n/a" if r is None else f"{r:.3f}"]
+        if eager:
+            e = (result.get("ratios_eager") or {}).get(key)
+            cells.append("n/a" if e is None else f"{e:.3f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += split_lines(result.get("split"), labels)
     lines.append("")
     welch = result.get("welch_active_time")
     if welch is not None:
         df = "n/a" if welch["df"] is None else f"{welch['df']:.1f}"
-        lines.append(f"**Significance (Active Training Time):** {welch['statement']} "
+        lines.append(f"**Significance (Active Training Time, JAX vs {labels['torch']}):** {welch['statement']} "
                      f"(t = {welch['t']:.3f}, Welch df = {df})")
     else:
         lines.append("**Significance:** not tested: Welch's t-test needs `--repeats` >= 3.")
@@ -232,13 +307,13 @@ def render_markdown(result: dict) -> str:
         lines.append(f"\n**Loss agreement:** the largest |JAX - PyTorch| per-step train loss over "
                      f"{gap['steps_compared']} steps of paired runs is {gap['max_abs_diff']:.2e} (step {gap['step']}); "
                      "same weights and batches, so only numerics separate them (float32: ~1e-5; bf16: larger).")
-    lines += ["", "## Runs", "", "| # | framework | Active Training Time | tokens/s | setup | train loss | "
+    lines += ["", "## Runs", "", "| # | form | Active Training Time | tokens/s | setup | train loss | "
               "val loss | steps |", "|---|---|---|---|---|---|---|---|"]
-    counters = {fw: 0 for fw in FRAMEWORKS}
+    counters = {fw: 0 for fw in forms}
     for i, fw in enumerate(result["order"]):
         run = fws[fw]["runs"][counters[fw]]
         counters[fw] += 1
-        lines.append(f"| {i + 1} | {LABEL[fw]} | {fmt(run['active_time_s'], 'duration')} | "
+        lines.append(f"| {i + 1} | {labels[fw]} | {fmt(run['active_time_s'], 'duration')} | "
                      f"{fmt(run['tokens_per_s'], 'rate')} | {fmt(run['setup_time_s'], 'duration')} | "
                      f"{fmt(run['train_loss'], 'loss')} | {fmt(run['val_loss'], 'loss')} | {run['steps']:,} |")
     if result.get("files", {}).get("png"):
@@ -252,12 +327,13 @@ def write_report(result: dict, curves: list[dict], stem) -> dict:
     files = {kind: f"{stem}.{kind}" for kind in ("md", "json", "png")}
     result["files"] = files
     series = {}
-    for fw in FRAMEWORKS:
+    for fw in result.get("forms") or FRAMEWORKS:
         idx = [i for i, f in enumerate(result["order"]) if f == fw]
         times = [result["frameworks"][fw]["runs"][k]["active_time_s"] for k in range(len(idx))]
         median_k = sorted(range(len(times)), key=lambda k: times[k])[(len(times) - 1) // 2]
         curve = curves[idx[median_k]]
-        series[f"{LABEL[fw]} (median run {median_k + 1}/{len(times)})"] = (curve["active_time_s"], curve["loss"])
+        label = result["frameworks"][fw].get("label", LABEL[fw])
+        series[f"{label} (median run {median_k + 1}/{len(times)})"] = (curve["active_time_s"], curve["loss"])
     target = (result.get("track_config") or {}).get("target_loss")
     report.plot_curves(series, files["png"], xlabel="Active Training Time (s)",
                        title=f"{result['track']}: JAX vs PyTorch on {result['device']}", hline=target)

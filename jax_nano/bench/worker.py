@@ -12,13 +12,16 @@ Jobs (`job["mode"]`):
 - "run": `speedrun` of `job["track"]`; returns its summary plus "backend" ("gpu" or "cpu": where the
   framework really ran, whatever the device name says);
 - "trace": the same under `jax.profiler.trace(job["profile_dir"])`;
-- "profile": a few traced steps and their breakdown (jax_nano/bench/profile.py).
+- "profile": a few traced steps and their breakdown (jax_nano/bench/profile.py);
+- "split": the track's step split into forward+backward and optimizer, timed apart on random tokens
+  (jax_nano/step_split.py, torch_ref/step_split.py).
 A job's `UserError` comes back as its one-line message (`WorkerError` in the parent). The worker applies the
 project's default XLA flags (jax_nano/xla_flags.py) unless its environment says otherwise.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import pickle
@@ -32,6 +35,8 @@ from jax_nano import xla_flags
 from jax_nano.core.device import backend_of
 
 ROOT = Path(__file__).resolve().parent.parent
+# framework -> the module that times its step in two halves, imported only by a job that asks for it
+SPLITS = {"jax": "jax_nano.step_split", "torch": "torch_ref.step_split"}
 
 
 class WorkerError(UserError):
@@ -94,9 +99,29 @@ def export_initial_weights(track, path) -> None:
     save_torch(state_dict, path)
 
 
+def split_job(job: dict) -> dict:
+    """The "split" job: a trainer of the track, set up on one random batch, then `job["steps"]` steps timed in two
+    halves (and whole) on more random batches."""
+    import numpy as np
+
+    from jax_nano.run.speedrun import make_trainer
+
+    track = job["track"]
+    trainer = make_trainer(track, Path(job["runs_dir"]) / f"split-{time.monotonic_ns()}")
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, trainer.cfg.vocab_size, (track.batch_size, track.seq_len))
+               for _ in range(job["steps"] + 2)]
+    trainer.setup(batches[:1], None)
+    times = importlib.import_module(SPLITS[track.framework]).split_times(trainer, batches[1:])
+    trainer.close()
+    return {**times, "framework": track.framework, "compile": trainer.facts().get("compile")}
+
+
 def run_job(job: dict) -> dict:
     import jax
 
+    if job["mode"] == "split":
+        return split_job(job)
     if job["mode"] == "profile":
         from jax_nano.bench.predicted import with_estimate
         from jax_nano.bench.profile import profile_job

@@ -9,7 +9,7 @@ from configs import variants
 from configs.errors import UserError
 from configs.model import ATTENTION_KINDS, PRESETS, REMAT_POLICIES, ConfigError
 from configs.optim import ORTHO_DTYPES, ORTHOGONALIZERS, SCHEDULES
-from configs.tracks import FRAMEWORKS, PRECISIONS, Track, get_track
+from configs.tracks import FRAMEWORKS, PRECISIONS, TORCH_COMPILE, Track, get_track
 from configs.variants import VARIANTS
 from jax_nano.core.extras import require_torch
 from jax_nano.core.safe_paths import run_folder
@@ -47,6 +47,8 @@ OVERRIDES = {
     "remat": ("remat", str, f"JAX: what each block recomputes in the backward pass: {', '.join(REMAT_POLICIES)}"),
     "unroll_layers": ("unroll_layers", bool, "JAX: a Python loop over the layers instead of a scan (longer compile)"),
     "attention": ("attention", str, f"JAX attention kernel: {', '.join(ATTENTION_KINDS)} (auto: cudnn on GPU in bf16)"),
+    "torch_compile": ("torch_compile", str, f"PyTorch: torch.compile the model and Muon's orthogonalization: "
+                      f"{', '.join(TORCH_COMPILE)} (auto: wherever it works, eager with a note where it cannot)"),
     "no_divergence_guard": ("divergence_guard", OFF, "do not stop a run whose loss stays at ln(vocab) or whose "
                             "weights blow up (jax_nano/core/guard.py)"),
     "checkpoint_every": ("checkpoint_every", int, "steps between checkpoints (0: only at the end)"),

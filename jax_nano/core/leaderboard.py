@@ -18,7 +18,9 @@ Run summary keys consumed here (the trainers write them to results/<run>.json; o
     params        total parameter count (int)
     commit        git commit of the code that ran, short hash, "-dirty" appended for uncommitted changes
     tokens_per_s  tokens / active_time_s (float)
-    mfu           model FLOPs utilisation as a fraction, report.mfu (float), or None where the device's peak is unknown
+    mfu           model FLOPs utilisation as a fraction (float), or None where the device's peak is unknown
+    mfu_basis     optional: "published" (SPEC's peak) or "measured" (jax_nano/core/peak.py); a measured one is
+                  labelled in the row, "21.3% (measured peak)"
 """
 
 import contextlib
@@ -50,7 +52,7 @@ SUMMARY_KEYS = (
 
 _INT_RE = re.compile(r"\d{1,3}(?:,\d{3})*")
 _LOSS_RE = re.compile(r"\d+\.\d{4}")
-_MFU_RE = re.compile(r"\d+\.\d%")
+_MFU_RE = re.compile(r"\d+\.\d%(?: \(measured peak\))?")
 _SEPARATOR_CELL_RE = re.compile(r":?-{3,}:?")
 
 
@@ -91,7 +93,7 @@ def _spread(check):
 
 def _check_mfu(cell: str) -> None:
     if cell != "n/a" and not _MFU_RE.fullmatch(cell):
-        raise ValueError("not a percentage like 41.3% or n/a")
+        raise ValueError("not a percentage like 41.3%, 21.0% (measured peak) or n/a")
 
 
 # How each column's cell must parse; the text columns only need to be non-empty.
@@ -126,7 +128,8 @@ def row_from_summary(summary: dict) -> dict:
             "steps": f"{int(s['steps']):,}",
             "tokens": f"{int(s['tokens']):,}",
             "tokens/s": f"{round(float(s['tokens_per_s'])):,}",
-            "MFU": "n/a" if s["mfu"] is None else f"{100 * float(s['mfu']):.1f}%",
+            "MFU": "n/a" if s["mfu"] is None else f"{100 * float(s['mfu']):.1f}%"
+                   + (" (measured peak)" if s.get("mfu_basis") == "measured" else ""),
             "train loss": f"{float(s['train_loss']):.4f}",
             "val loss": f"{float(s['val_loss']):.4f}",
             "setup & compile": format_duration(float(s["setup_time_s"])),

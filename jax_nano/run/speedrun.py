@@ -19,7 +19,7 @@ from configs import variants
 from configs.errors import UserError
 from configs.model import CUSTOM, shape_changes
 from configs.tracks import Track
-from jax_nano.core import checksums, loop, report, safe_paths, storage
+from jax_nano.core import checksums, loop, peak, report, safe_paths, storage
 from jax_nano.core.checkpoints import check_fingerprint, fingerprint, saved_model
 from jax_nano.core.extras import require_torch
 from jax_nano.core.guard import Diverged
@@ -295,6 +295,7 @@ def summarize(track: Track, facts: dict, progress: loop.Progress, final: dict, s
     tokens = steps * track.tokens_per_step
     tokens_per_s = tokens / progress.active_time_s if progress.active_time_s > 0 else 0.0
     device = facts["device"]
+    utilisation = peak.mfu(tokens_per_s, cfg, track.seq_len, device)
     return {
         "run": run_name, "finished": True, "track": track.name, "framework": track.framework,
         "date": datetime.date.today().isoformat(), "device": device, "commit": git_commit(),
@@ -306,7 +307,9 @@ def summarize(track: Track, facts: dict, progress: loop.Progress, final: dict, s
         "val_perplexity": final["val_perplexity"],
         "active_time_s": progress.active_time_s, "active_time": report.format_duration(progress.active_time_s),
         "setup_time_s": setup_s, "eval_time_s": progress.eval_time_s,
-        "tokens_per_s": tokens_per_s, "mfu": report.mfu(tokens_per_s, cfg, track.seq_len, device),
+        "tokens_per_s": tokens_per_s, "mfu": utilisation["mfu"], "mfu_basis": utilisation["basis"],
+        "peak_flops": utilisation["peak_flops"], "peak": utilisation["peak"],
+        "compile": facts.get("compile"), "graph_breaks": facts.get("graph_breaks"),
         "peak_memory_bytes": facts["peak_memory_bytes"], "params": facts["params"],
         "eligible": in_band(facts["params"], band_of(track)),
         "compiles_during_run": compiles, "evals": progress.evals,
@@ -318,8 +321,8 @@ def summarize(track: Track, facts: dict, progress: loop.Progress, final: dict, s
 
 def describe(summary: dict) -> str:
     """The end-of-run summary a person reads."""
-    mfu = f"{summary['mfu']:.1%}" if summary["mfu"] is not None else "n/a (no peak figure for this device)"
-    peak = summary["peak_memory_bytes"]
+    mfu = peak.describe(summary["mfu"], summary.get("mfu_basis"), summary.get("peak_flops"))
+    memory = summary["peak_memory_bytes"]
     lines = [
         f"track {summary['track']} [{summary['framework']}] on {summary['device']}",
         f"  train loss {summary['train_loss']:.4f}   val loss {summary['val_loss']:.4f}   "
@@ -329,7 +332,9 @@ def describe(summary: dict) -> str:
         f"evaluation {report.format_duration(summary['eval_time_s'])}",
         f"  {summary['steps']:,} steps   {summary['tokens']:,} tokens   "
         f"{summary['tokens_per_s']:,.0f} tokens/s   MFU {mfu}",
-        f"  peak device memory {peak / 2**30:.2f} GiB" if peak else "  peak device memory: not reported by this device",
+        f"  peak device memory {memory / 2**30:.2f} GiB" if memory
+        else "  peak device memory: not reported by this device",
+        *([f"  PyTorch: {summary['compile']}"] if summary.get("compile") else []),
         f"  variants: {variants.describe_values(summary['variants'])}",
         f"  {summary['params']:,} parameters: "
         f"{'eligible' if summary['eligible'] else 'not eligible'} for a leaderboard",

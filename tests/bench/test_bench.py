@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from configs.optim import OptimConfig
 from configs.tracks import Track
 from jax_nano.bench import bench, profile
 from jax_nano.core import device
@@ -22,7 +23,11 @@ def test_the_plan_interleaves_both_frameworks_and_runs_each_lever_as_data():
     plan = bench.Plan(levers=("loss-chunk-2048", "xla-flags-off"))
     runs = bench.plan_runs(plan, "store")
     head = [(r.case, r.framework, r.cold) for r in runs if r.kind == "head-to-head"]
-    assert head == [(c.name, fw, k == 0) for k in range(2) for c in bench.CASES for fw in ("jax", "torch")]
+    forms = ("jax", "torch", "torch-eager")
+    assert head == [(c.name, fw, k == 0) for k in range(2) for c in bench.CASES for fw in forms]
+    eager = next(r.track for r in runs if r.framework == "torch-eager")
+    assert eager.framework == "torch" and eager.torch_compile == "off"
+    assert next(r.track for r in runs if r.framework == "torch").torch_compile == "auto"
     loss, tokens = (next(r.track for r in runs if r.case == c.name and r.framework == "jax") for c in bench.CASES)
     # The real steps: 151M 4 x 2048 bf16-compute with its target check on; 88M 8 x 2048 bf16.
     assert (loss.model, loss.batch_size, loss.seq_len, loss.precision) == ("blueberry-151m", 4, 2048, "bf16-compute")
@@ -39,14 +44,16 @@ def test_the_plan_interleaves_both_frameworks_and_runs_each_lever_as_data():
     assert f"{len(runs)} runs" in text and "budget of 8 min" in text
     # Every lever of the table sets fields the Track has.
     fields = {f.name for f in dataclasses.fields(Track)}
-    assert all(set(lever.track) <= fields and (lever.track or lever.env) for lever in bench.LEVERS)
+    optim_fields = {f.name for f in dataclasses.fields(OptimConfig)}
+    assert all(set(lever.track) <= fields and set(lever.optim) <= optim_fields and (lever.track or lever.env or
+               lever.optim) for lever in bench.LEVERS)
     bench.Plan().check()
 
 
 def test_a_run_that_would_pass_the_budget_is_skipped_and_reported(tmp_path):
     plan = bench.Plan(smoke=True, repeats=1, levers=("remat-full",), budget_s=1e-3)
     result = bench.bench(plan, device="cpu", results_dir=tmp_path, log=lambda *_: None)
-    assert [r["skipped"].startswith("time budget") for r in result["runs"]] == [True] * 5
+    assert [r["skipped"].startswith("time budget") for r in result["runs"]] == [True] * 7
     assert result["levers"][1]["status"].startswith("skipped: time budget")
     md = Path(result["files"]["md"]).read_text()
     assert "CPU (no run finished)" in md and "remat-full" in md
@@ -156,7 +163,8 @@ def test_cli_bad_input_is_a_one_line_error(tmp_path):
         ("--smoke", "--levers", "nope"): "unknown lever 'nope'",
         ("--smoke", "--repeats", "0"): "--repeats 0: must be >= 2 (1 is allowed only with --smoke)",
         ("--repeats", "1"): "--repeats 1: must be >= 2",
-        ("--device", "cpu"): "--device cpu needs --smoke",
+        ("--device", "cpu", "--split-steps", "-1"): "--split-steps -1: must be >= 0",
+        ("--device", "cpu", "--repeats", "1"): "--repeats 1: must be >= 2",
         ("--smoke", "--frameworks", "torch"): "levers are measured against the JAX default",
     }
     if device.driver_version() is None:  # a GPU bench on a machine without a GPU
@@ -186,10 +194,10 @@ def test_smoke_suite_runs_every_kind_of_row_on_the_cpu(tmp_path):
     result = json.loads(files["json"].read_text())
     md = files["md"].read_text()
     assert "CPU" in result["device"] and md.startswith(f"# Benchmark on {result['device']}")
-    assert [(r["framework"], r["kind"]) for r in result["runs"][:4]] == [
-        ("jax", "head-to-head"), ("torch", "head-to-head")] * 2
+    assert [(r["framework"], r["kind"]) for r in result["runs"][:6]] == [
+        ("jax", "head-to-head"), ("torch", "head-to-head"), ("torch-eager", "head-to-head")] * 2
     for case in result["cases"]:
-        for fw in ("jax", "torch"):
+        for fw in ("jax", "torch", "torch-eager"):
             assert case["frameworks"][fw]["metrics"]["tokens_per_s"]["median"] > 0, (case["case"], fw)
         assert case["ratio_tokens_per_s"] > 0
     assert [row["lever"] for row in result["levers"]] == ["default", *SMOKE_LEVERS]
@@ -198,4 +206,25 @@ def test_smoke_suite_runs_every_kind_of_row_on_the_cpu(tmp_path):
         assert f"| {row['lever']} |" in md
     loss_runs = [r for r in result["runs"] if r["case"] == bench.CASES[0].name and r["lever"] != "no-target-check"]
     assert all(r["steps"] == 3 and r["reached_target"] is False for r in loss_runs)  # the check ran, never met
-    assert "| JAX |" in md and "| PyTorch |" in md and files["png"].name in md
+    assert "| JAX |" in md and "| PyTorch (compiled) |" in md and "| PyTorch eager |" in md
+    assert files["png"].name in md
+
+
+def test_the_cpu_race_plans_both_cases_every_form_the_split_and_the_cpu_levers():
+    plan = bench.Plan(cpu=True, steps=4, repeats=2, levers=bench.parse_levers("cpu"), split_steps=2)
+    plan.check()
+    runs = bench.plan_runs(plan, {"smoke": "a", "88M 4x256": "b"})
+    head = [r for r in runs if r.kind == "head-to-head"]
+    assert [(r.case, r.framework) for r in head[:6]] == [(c, f) for c in ("smoke", "88M 4x256")
+                                                         for f in ("jax", "torch", "torch-eager")]
+    smoke, big = head[0].track, head[3].track
+    assert (smoke.model, smoke.batch_size, smoke.seq_len, smoke.data) == ("small", 8, 128, "a")
+    assert (big.model, big.batch_size, big.seq_len, big.precision, big.data) == ("blueberry-88m", 4, 256, "float32",
+                                                                                  "b")
+    levers = {r.lever: r for r in runs if r.kind == "lever"}
+    assert set(levers) == set(bench.CPU_LEVERS) and all(r.case == "88M 4x256" for r in levers.values())
+    assert levers["ortho-bfloat16"].track.optim.ortho_dtype == "bfloat16" and big.optim.ortho_dtype == "auto"
+    assert levers["cpu-onednn"].env == {"XLA_FLAGS": "--xla_cpu_use_onednn=true"}
+    split = [(r.case, r.framework) for r in runs if r.kind == "split"]
+    assert len(split) == 6 and split[3] == ("88M 4x256", "jax")
+    assert "estimated" in bench.describe_plan(runs, plan)

@@ -10,6 +10,7 @@ import pytest
 
 from configs.tracks import get_track
 from jax_nano.bench import compare, compare_report, stats
+from jax_nano.bench import load as load_module
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -187,3 +188,38 @@ def test_cli_bad_input_is_a_one_line_error(toy_store, tmp_path):
         assert out.returncode == 2, (extra, out.stderr[-500:])
         assert message in out.stderr and "Traceback" not in out.stderr, (extra, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_the_race_reports_compiled_and_eager_pytorch_the_split_and_the_load(tmp_path):
+    runs = []
+    for k in range(2):
+        runs += [summary("jax", k, 10.0 + k, 5.0), {**summary("torch", k, 12.0, 9.0), "compile": "torch.compile (x)"},
+                 {**summary("torch", k, 20.0, 2.0), "form": "torch-eager", "compile": "eager (--torch-compile off)"}]
+    for s in runs:
+        s.update(mfu=0.2, mfu_basis="measured", peak_flops=150e9)
+    result = compare_report.aggregate(runs)
+    assert result["forms"] == ["jax", "torch", "torch-eager"]
+    assert result["frameworks"]["torch"]["label"] == "PyTorch (compiled)"
+    jax_rate = (1 / 10.0 + 1 / 11.0) / 2  # the median of two runs' tokens/s, per token
+    assert result["ratios"]["tokens_per_s"] == pytest.approx(jax_rate * 12.0)
+    assert result["ratios_eager"]["tokens_per_s"] == pytest.approx(jax_rate * 20.0)
+    samples = iter([(1.0,), (3.5,), (2.5,)])
+    with load_module.LoadMonitor(every_s=3600, getloadavg=lambda: next(samples), cores=2) as load:
+        pass
+    result["load"] = load.summary()
+    assert result["load"] == {"cores": 2, "before": 1.0, "during_mean": 3.5, "during_max": 3.5, "samples": 1,
+                              "above_cores": True}
+    result["split"] = {"jax": {"fwd_bwd_s": 0.3, "optimizer_s": 0.1, "step_s": 0.4}, "torch": {"error": "boom"}}
+    result["track_config"] = {}
+    md = compare_report.render_markdown(result)
+    assert ("| metric | JAX | PyTorch (compiled) | PyTorch eager | JAX / PyTorch (compiled) | JAX / PyTorch eager |"
+            in md)
+    row = md.split("| tokens/s |")[1].split("\n")[0]
+    assert row.endswith(f"| {jax_rate * 12:.3f} | {jax_rate * 20:.3f} |")
+    assert "WARNING: the load was above the core count (2)" in md and "1.00 before the runs" in md
+    assert "| JAX | 400 ms | 300 ms | 100 ms | 25% |" in md and "| PyTorch (compiled) | failed: boom |" in md
+    assert "**measured** matmul peak of this device (150 GFLOP/s" in md
+    assert "| 2 | PyTorch (compiled) |" in md and "| 3 | PyTorch eager |" in md
+    assert compare.forms_for(get_track("smoke")) == ("jax", "torch", "torch-eager")
+    assert compare.forms_for(get_track("smoke").replace(torch_compile="off")) == ("jax", "torch")
+    assert compare.form_track(get_track("smoke"), "torch-eager").torch_compile == "off"

@@ -43,7 +43,7 @@ def cli_flags(store: str, framework: str, every: int = EVERY) -> list:
     return ["--model", "tiny", "--data", store, "--batch-size", "8", "--seq-len", "64", "--tokens",
             str(8 * 64 * STEPS), "--precision", "float32", "--eval-every", "0", "--eval-batches", "2",
             "--warmup-steps", "1", "--muon-lr", "0.02", "--adamw-lr", "0.006", "--ortho-dtype", "float32",
-            "--checkpoint-every", str(every), "--framework", framework, "--no-bar"]
+            "--checkpoint-every", str(every), "--framework", framework, "--torch-compile", "off", "--no-bar"]
 
 
 @pytest.fixture(scope="module", params=["jax", "torch"])

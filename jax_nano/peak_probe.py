@@ -1,0 +1,44 @@
+"""JAX's matmul probe: the best FLOP/s of square float32 and bfloat16 matmuls on this process's default device.
+
+The measured limit of jax_nano/core/peak.py, where no published peak is known. Run as a module it prints one JSON
+line (`python -m jax_nano.peak_probe [N ...]`); torch_ref/peak_probe.py is its twin.
+"""
+
+import json
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+
+DTYPES = ("float32", "bfloat16")
+CPU_SIZES, ACCELERATOR_SIZES = (512, 1024, 2048), (2048, 4096, 8192)
+
+
+def probe(sizes=None, repeats: int = 5, budget_s: float = 2.0) -> dict:
+    """{"framework", "version", "backend", "results": [{"dtype", "n", "flops_per_s"}]}: each the best of
+    `repeats` timed calls (or as many as fit in `budget_s` per case) after one untimed call that compiles it."""
+    backend = jax.default_backend()
+    sizes = sizes or (CPU_SIZES if backend == "cpu" else ACCELERATOR_SIZES)
+    # HIGHEST: a float32 matmul on a GPU must not run as TF32 (that is a different, faster operation).
+    matmul = jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST))
+    results = []
+    for dtype in DTYPES:
+        for n in sizes:
+            a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+            b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+            matmul(a, b).block_until_ready()
+            best, spent = float("inf"), 0.0
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                matmul(a, b).block_until_ready()
+                dt = time.perf_counter() - t0
+                best, spent = min(best, dt), spent + dt
+                if spent > budget_s:
+                    break
+            results.append({"dtype": dtype, "n": n, "flops_per_s": 2 * n**3 / best})
+    return {"framework": "jax", "version": jax.__version__, "backend": backend, "results": results}
+
+
+if __name__ == "__main__":
+    print(json.dumps(probe([int(n) for n in sys.argv[1:]] or None)))
