@@ -280,6 +280,7 @@ def test_schedule_factors(kind, ratio):
 # optax.contrib.muon, for reference
 
 
+@pytest.mark.long  # a whole script, for reference only: optax's Muon is not the one the project trains with
 def test_compare_optax_muon_script_reports_distance():
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 import torch
 
 from configs.model import get_model_config
@@ -48,6 +49,7 @@ def test_unet_logits_and_loss_match_and_differ_from_the_baseline():
     assert max_abs_error(plain(jnp.asarray(ids)), logits_torch) > 1e-2
 
 
+@pytest.mark.long  # JAX against itself; the scanned stack's parity with PyTorch is in the quick suite
 def test_unet_unrolled_stack_is_the_scanned_one():
     cfg = get_model_config("tiny", n_layers=5, unet_skips=True)
     scanned, _ = twin_models(cfg)

@@ -153,6 +153,7 @@ def run_two_processes(store: str, tmp_path: Path, *extra) -> list:
     return [(p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
 
 
+@pytest.mark.long  # two JAX processes trained from the command line; one process, several devices: quick
 def test_two_processes_with_two_devices_each_agree_with_one_process(toy_store, reference, tmp_path):
     steps = 6
     first = run_two_processes(toy_store, tmp_path, "--stop-after", str(steps))

@@ -280,6 +280,7 @@ def test_a_missing_run_is_a_one_line_error(tmp_path, capsys):
     assert "no weights" in one_line_error(capsys, evaluate_main(["--tasks", "toy_choice"], tmp_path / "xla"))
 
 
+@pytest.mark.long  # a whole lm-eval start-up; the other one-line errors of evaluate.py are in the quick suite
 def test_default_suite_without_the_hub_is_a_one_line_error(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--model", "tiny", "--limit", "2",
