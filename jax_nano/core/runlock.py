@@ -18,6 +18,33 @@ class RunInUse(UserError):
     """Another live process holds the run's lock."""
 
 
+class Held(Exception):
+    """Another live process holds a lock file; `holder` is the pid it wrote there."""
+
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
+def hold(path: Path) -> int:
+    """The descriptor of `path` (created if missing, never through a symlink) under an exclusive flock, with this
+    process's pid written in it to name the holder; Held at once when another process holds it."""
+    fd = open_nofollow(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise Held(holder) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 class RunLock:
     """`with RunLock(run_dir, name):` holds the run folder's lock; refuses at once when another process holds it.
 
@@ -33,17 +60,11 @@ class RunLock:
         self._created = not self.path.parent.exists()
         with writing(self.path):
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise RunInUse(f"run {self.name!r} is in use by process {holder} (it holds {self.path}); wait for it to "
-                           "end or choose another --run-name") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
+            try:
+                self._fd = hold(self.path)
+            except Held as e:
+                raise RunInUse(f"run {self.name!r} is in use by process {e.holder} (it holds {self.path}); wait for "
+                               "it to end or choose another --run-name") from None
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,7 +10,6 @@ transformers and safetensors are imported only here and in hf.py (the optional `
 
 import contextlib
 import dataclasses
-import fcntl
 import html
 import json
 import os
@@ -21,7 +20,8 @@ from pathlib import Path
 from configs.errors import UserError
 from configs.model import ModelConfig
 from jax_nano.core.checksums import weights_sha256
-from jax_nano.core.safe_paths import check_path_arg, open_nofollow
+from jax_nano.core.runlock import Held, hold
+from jax_nano.core.safe_paths import check_path_arg
 from jax_nano.interop.hf import FAMILIES, WEIGHTS, hf_config, require, to_hf
 from torch_ref.tensors import torch_state_dict
 
@@ -57,17 +57,12 @@ def claimed(out: Path, force: bool):
     the first's folder. The kernel drops the lock however its holder ends."""
     out.parent.mkdir(parents=True, exist_ok=True)
     lock = out.parent / f".{out.name}.export-lock"
-    fd = open_nofollow(lock, os.O_RDWR | os.O_CREAT)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise ExportError(f"--out {out} is being written by another export (process {holder}); wait for it to "
+        fd = hold(lock)
+    except Held as e:
+        raise ExportError(f"--out {out} is being written by another export (process {e.holder}); wait for it to "
                           "end, then pass --force to replace its folder, or choose another --out") from None
     try:
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         check_out(out, force)
         yield out
     finally:
