@@ -45,24 +45,31 @@ def _mul(x, s: float):
 
 
 def orthogonalize(g_RC, method: str = "polar-express", steps: int = 5, dtype="bfloat16"):
-    """Upstream's orthogonalize on (..., rows, cols) matrices in torch layout, batched over leading axes.
-    Returns the result in the iteration dtype, like upstream."""
+    """Upstream's orthogonalize on (..., rows, cols) matrices, batched over leading axes. Returns the result in
+    the iteration dtype, like upstream.
+
+    Upstream transposes a tall matrix, iterates on the wide one and transposes back. The polar factor of a
+    transpose is the transpose of the polar factor, so here the Gram matrix is taken on the short side of the
+    matrix as it lies and nothing is transposed: the same products, without XLA materialising two transposed
+    copies per matrix (about 0.6 s per step of the 88M model's Muon on a 2-core CPU). It also takes Flax's
+    (in, out) kernels as they are."""
     dtype = jnp.dtype(dtype)
     # float32 parity runs must not fall to TF32/bf16 passes on GPU; torch's default fp32 matmul is full precision.
     precision = jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
     x = g_RC.astype(dtype)
     tall = x.shape[-2] > x.shape[-1]
-    if tall:
-        x = jnp.swapaxes(x, -1, -2)
     # torch's norm of a low-precision tensor accumulates in float32 and rounds the result once.
     norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=(-2, -1), keepdims=True)).astype(dtype)
     safety = 1.01 if method == "polar-express" else 1.0
     x = x / (_mul(norm, safety).astype(jnp.float32) + 1e-7).astype(dtype)
+    gram = "...ki,...kj->...ij" if tall else "...ik,...jk->...ij"
     for a, b, c in ortho_coefficients(method, steps):
-        a_RR = jnp.matmul(x, jnp.swapaxes(x, -1, -2), precision=precision)
-        b_RR = _mul(a_RR, b) + _mul(jnp.matmul(a_RR, a_RR, precision=precision), c)
-        x = _mul(x, a) + jnp.matmul(b_RR, x, precision=precision)
-    return jnp.swapaxes(x, -1, -2) if tall else x
+        a_SS = jnp.einsum(gram, x, x, precision=precision)
+        b_SS = _mul(a_SS, b) + _mul(jnp.matmul(a_SS, a_SS, precision=precision), c)
+        # b_SS is symmetric, so x @ b_SS on a tall matrix is the transpose of upstream's b_SS @ x on the wide one.
+        bx = jnp.matmul(x, b_SS, precision=precision) if tall else jnp.matmul(b_SS, x, precision=precision)
+        x = _mul(x, a) + bx
+    return x
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -105,7 +112,7 @@ def muon(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.95, method: 
         def step(path, u_LIO):
             if whole_matrices is not None:
                 u_LIO = whole_matrices(u_LIO)
-            o_LIO = jnp.swapaxes(orthogonalize(jnp.swapaxes(u_LIO, -1, -2), method, steps, dtype), -1, -2)
+            o_LIO = orthogonalize(u_LIO, method, steps, dtype)
             d_in, d_out = u_LIO.shape[-2:]
             # One float32 multiply by lr*scale and one rounding, like torch's p.add_(O, alpha=-lr*scale).
             update = (o_LIO.astype(jnp.float32) * (-lr * math.sqrt(max(1.0, d_out / d_in)))).astype(u_LIO.dtype)

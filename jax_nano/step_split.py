@@ -5,13 +5,11 @@ halves are compiled as programs of their own, from the trainer's own model and o
 after the other, each waited for. torch_ref/step_split.py is the twin.
 """
 
-import statistics
-import time
-
 import jax
 import optax
 from flax import nnx
 
+from jax_nano.core.split_timing import split_medians
 from jax_nano.model import loss_fn, matmul_precision
 
 
@@ -27,21 +25,14 @@ def split_times(trainer, batches) -> dict:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         return optax.apply_updates(state.params, updates), opt_state
 
+    def whole_step(ids_BT):
+        trainer.read(trainer.step(ids_BT))
+        trainer.sync()
+
     with matmul_precision(trainer.cfg.compute_dtype):
         grads_fn, update_fn = jax.jit(grads_of), jax.jit(update)
-        times = {"fwd_bwd_s": [], "optimizer_s": [], "step_s": []}
-        for k, ids_BT in enumerate(batches):
-            ids = place.put(ids_BT)
-            t0 = time.perf_counter()
-            grads = jax.block_until_ready(grads_fn(trainer.state.params, ids))
-            t1 = time.perf_counter()
-            jax.block_until_ready(update_fn(trainer.state, grads))
-            t2 = time.perf_counter()
-            trainer.read(trainer.step(ids_BT))
-            trainer.sync()
-            t3 = time.perf_counter()
-            if k:
-                times["fwd_bwd_s"].append(t1 - t0)
-                times["optimizer_s"].append(t2 - t1)
-                times["step_s"].append(t3 - t2)
-    return {key: statistics.median(values) for key, values in times.items()}
+        return split_medians(
+            batches,
+            lambda ids_BT: jax.block_until_ready(grads_fn(trainer.state.params, place.put(ids_BT))),
+            lambda grads: jax.block_until_ready(update_fn(trainer.state, grads)),
+            whole_step)

@@ -1,0 +1,27 @@
+"""The step split's bookkeeping, shared by both frameworks' jax_nano/step_split.py and torch_ref/step_split.py:
+each times its own halves; this keeps the medians and drops the batch that only compiles and warms."""
+
+import statistics
+import time
+from collections.abc import Callable, Iterable
+
+HALVES = ("fwd_bwd_s", "optimizer_s", "step_s")
+
+
+def split_medians(batches: Iterable, fwd_bwd: Callable, optimizer: Callable, step: Callable) -> dict:
+    """{"fwd_bwd_s", "optimizer_s", "step_s"}: medians over `batches`, the first one left out, of the three
+    calls made on each batch in turn: `fwd_bwd(ids_BT)` returns what `optimizer` is then called with, and
+    `step(ids_BT)` is the trainer's whole step. Each call must return only once its work is done."""
+    times = {key: [] for key in HALVES}
+    for k, ids_BT in enumerate(batches):
+        t0 = time.perf_counter()
+        grads = fwd_bwd(ids_BT)
+        t1 = time.perf_counter()
+        optimizer(grads)
+        t2 = time.perf_counter()
+        step(ids_BT)
+        t3 = time.perf_counter()
+        if k:
+            for key, seconds in zip(HALVES, (t1 - t0, t2 - t1, t3 - t2)):
+                times[key].append(seconds)
+    return {key: statistics.median(values) for key, values in times.items()}
