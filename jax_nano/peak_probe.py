@@ -6,38 +6,29 @@ line (`python -m jax_nano.peak_probe [N ...]`); torch_ref/peak_probe.py is its t
 
 import json
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 
-DTYPES = ("float32", "bfloat16")
-CPU_SIZES, ACCELERATOR_SIZES = (512, 1024, 2048), (2048, 4096, 8192)
+from jax_nano.core.peak import ACCELERATOR_SIZES, CPU_SIZES, time_matmuls
 
 
 def probe(sizes=None, repeats: int = 5, budget_s: float = 2.0) -> dict:
     """{"framework", "version", "backend", "results": [{"dtype", "n", "flops_per_s"}]}: each the best of
-    `repeats` timed calls (or as many as fit in `budget_s` per case) after one untimed call that compiles it."""
+    `repeats` timed calls (or as many as fit in `budget_s` per case) after one untimed call that compiles it
+    (jax_nano/core/peak.py `time_matmuls`)."""
     backend = jax.default_backend()
-    sizes = sizes or (CPU_SIZES if backend == "cpu" else ACCELERATOR_SIZES)
     # HIGHEST: a float32 matmul on a GPU must not run as TF32 (that is a different, faster operation).
     matmul = jax.jit(lambda a, b: jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST))
-    results = []
-    for dtype in DTYPES:
-        for n in sizes:
-            a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-            b = jax.random.normal(jax.random.key(1), (n, n), dtype)
-            matmul(a, b).block_until_ready()
-            best, spent = float("inf"), 0.0
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                matmul(a, b).block_until_ready()
-                dt = time.perf_counter() - t0
-                best, spent = min(best, dt), spent + dt
-                if spent > budget_s:
-                    break
-            results.append({"dtype": dtype, "n": n, "flops_per_s": 2 * n**3 / best})
-    return {"framework": "jax", "version": jax.__version__, "backend": backend, "results": results}
+
+    def prepare(dtype, n):
+        a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+        b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+        return lambda: matmul(a, b).block_until_ready()
+
+    sizes = sizes or (CPU_SIZES if backend == "cpu" else ACCELERATOR_SIZES)
+    return {"framework": "jax", "version": jax.__version__, "backend": backend,
+            "results": time_matmuls(prepare, sizes, repeats, budget_s)}
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from importlib import metadata
 from pathlib import Path
 
@@ -29,6 +30,38 @@ from jax_nano.core.report import flops_per_token, peak_flops, write_json_atomic
 PROBES = {"jax": ("jax_nano.peak_probe", "jaxlib"), "torch": ("torch_ref.peak_probe", "torch")}
 ROOT = Path(__file__).resolve().parents[2]
 PROBE_TIMEOUT_S = 300
+
+
+# What the probes time: square matmuls of these sizes in both dtypes (bf16 where the hardware has it).
+PROBE_DTYPES = ("float32", "bfloat16")
+CPU_SIZES, ACCELERATOR_SIZES = (512, 1024, 2048), (2048, 4096, 8192)
+
+
+def time_matmuls(prepare, sizes, repeats: int = 5, budget_s: float = 2.0) -> list[dict]:
+    """[{"dtype", "n", "flops_per_s"}] for each of PROBE_DTYPES and each size, smallest first: the best of
+    `repeats` calls of `prepare(dtype, n)()` (one matmul, waited for), or as many as fit in `budget_s`, after one
+    untimed call that compiles and warms. The sizes of a dtype stop where one call, scaled from the size before
+    by n**3, would take longer than a quarter of `budget_s`: on a CPU without bf16 instructions a bf16 matmul runs ~1 GFLOP/s,
+    and the 2048 one alone would hold the probe (and the first run it serves) for half a minute."""
+    results = []
+    for dtype in PROBE_DTYPES:
+        previous = None  # (n, seconds of one call)
+        for n in sorted(sizes):
+            if previous and previous[1] * (n / previous[0]) ** 3 > budget_s / 4:
+                break
+            run = prepare(dtype, n)
+            run()
+            best, spent = float("inf"), 0.0
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                run()
+                dt = time.perf_counter() - t0
+                best, spent = min(best, dt), spent + dt
+                if spent > budget_s:
+                    break
+            results.append({"dtype": dtype, "n": n, "flops_per_s": 2 * n**3 / best})
+            previous = (n, best)
+    return results
 
 
 def cache_dir() -> Path:

@@ -69,3 +69,22 @@ def test_the_real_probes_measure_a_matmul():
         found = probe(sizes=(64,), repeats=2)
         assert found["framework"] == framework and {r["dtype"] for r in found["results"]} == {"float32", "bfloat16"}
         assert all(r["flops_per_s"] > 0 and r["n"] == 64 for r in found["results"])
+
+
+def test_a_dtype_too_slow_for_the_next_size_stops_growing(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(peak.time, "perf_counter", lambda: clock[0])
+    rates = {"float32": 100e9, "bfloat16": 1e9}  # a CPU without bf16 instructions
+    prepared = []
+
+    def prepare(dtype, n):
+        prepared.append((dtype, n))
+
+        def run():
+            clock[0] += 2 * n**3 / rates[dtype]
+        return run
+
+    results = peak.time_matmuls(prepare, (2048, 512, 1024), repeats=3, budget_s=2.0)
+    # bf16 at 512 takes 0.27 s, so 1024 would take 2.1 s: over a quarter of the budget; 2048 is never tried.
+    assert prepared == [("float32", 512), ("float32", 1024), ("float32", 2048), ("bfloat16", 512)]
+    assert [r["flops_per_s"] for r in results] == pytest.approx([100e9] * 3 + [1e9])
