@@ -14,7 +14,7 @@ from jax_nano.model import loss_fn, matmul_precision
 
 
 def split_times(trainer, batches) -> dict:
-    """{"fwd_bwd_s", "optimizer_s", "step_s"}: medians over `batches` (the first one only compiles and warms)
+    """{"fwd_bwd_s", "optimizer_s", "step_s"}: medians over `batches` (the first two only compile and warm)
     of the gradient, the optimizer update on it, and the trainer's whole step. `trainer` is set up already."""
     graphdef, tx, place = trainer.graphdef, trainer.tx, trainer.place
 

@@ -70,9 +70,15 @@ def test_tiny_logits_and_loss_match(overrides):
     assert loss_err <= 1e-5, f"tiny loss error {loss_err:.3e} > 1e-5"
 
 
-def test_151m_logits_and_loss_match():
-    cfg = get_model_config("blueberry-151m")
-    jax_model, torch_model = twin_models(cfg)
+@pytest.fixture(scope="module")
+def twins_151m():
+    """Built once for the module: two 151M models and the conversion between them are most of a 151M test."""
+    return twin_models(get_model_config("blueberry-151m"))
+
+
+def test_151m_logits_and_loss_match(twins_151m):
+    jax_model, torch_model = twins_151m
+    cfg = jax_model.cfg
     ids = random_ids(cfg, 1, 128)
     with torch.no_grad():
         logits_torch = torch_model(torch.tensor(ids))
@@ -102,9 +108,8 @@ def test_tiny_gradients_match_for_every_parameter(overrides):
     assert_all_close(grads_jax, grads_torch, 1e-4, what="gradient")
 
 
-def test_151m_gradients_match_for_every_parameter():
-    cfg = get_model_config("blueberry-151m")
-    grads_jax, grads_torch = gradients(*twin_models(cfg), random_ids(cfg, 1, 64))
+def test_151m_gradients_match_for_every_parameter(twins_151m):
+    grads_jax, grads_torch = gradients(*twins_151m, random_ids(twins_151m[0].cfg, 1, 64))
     assert_all_close(grads_jax, grads_torch, 1e-4, what="gradient")
 
 
@@ -123,7 +128,7 @@ def test_bf16_compute_logits_agree_within_measured_bound():
     ids = random_ids(cfg, 2, 64)
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         logits_torch = torch_model(torch.tensor(ids)).float()
-    logits_jax = bf16_model(jnp.asarray(ids)).astype(jnp.float32)
+    logits_jax = nnx.jit(lambda m, x: m(x))(bf16_model, jnp.asarray(ids)).astype(jnp.float32)
     err = max_abs_error(logits_jax, logits_torch)
     assert err <= BF16_BOUND, f"bf16 logits max-abs error {err:.3e} > {BF16_BOUND}"
     mean_err = float(np.mean(np.abs(np.asarray(logits_jax) - logits_torch.numpy())))
@@ -178,8 +183,9 @@ def test_chunked_cross_entropy_is_the_same_function():
     cfg = get_model_config("tiny")
     ids = jnp.asarray(random_ids(cfg, 3, 50))
     full, chunked = jm.GPT(cfg, rngs=nnx.Rngs(0)), jm.GPT(cfg.replace(loss_chunk=chunk), rngs=nnx.Rngs(0))
-    loss_full, grads_full = nnx.value_and_grad(jm.loss_fn)(full, ids)
-    loss_chunked, grads_chunked = nnx.value_and_grad(jm.loss_fn)(chunked, ids)
+    loss_and_grads = nnx.jit(nnx.value_and_grad(jm.loss_fn))
+    loss_full, grads_full = loss_and_grads(full, ids)
+    loss_chunked, grads_chunked = loss_and_grads(chunked, ids)
     assert abs(float(loss_full) - float(loss_chunked)) <= 1e-6
     assert_all_close(jax_to_torch(grads_chunked, cfg), jax_to_torch(grads_full, cfg), 1e-6, what="gradient")
 

@@ -154,7 +154,8 @@ def run_both(cfg, config: OptimConfig, n_steps: int, total_steps: int = 10):
 
 
 @pytest.mark.parametrize("preset,fused", [("tiny", False), ("tiny", True), ("blueberry-151m", False),
-                                          ("blueberry-151m", True)])
+                                          # fused at 151M shapes: the long suite; tiny covers the fused layout
+                                          pytest.param("blueberry-151m", True, marks=pytest.mark.long)])
 def test_full_step_matches_torch(preset, fused):
     # 151m per-layer shapes with 2 stacked layers: the batched code does not depend on L, and 32 layers of float32
     # Polar Express on 2 CPU cores would take most of the time budget.

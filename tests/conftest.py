@@ -11,9 +11,27 @@ import numpy as np
 import pytest
 from filelock import FileLock
 
+from jax_nano.core.cli import use_compilation_cache
 from jax_nano.data.token_store import write_store
 from tests import toy
 from tests.toy import SEQ, VOCAB
+
+
+def session_folder(tmp_path_factory) -> Path:
+    """This test session's folder, shared by its pytest-xdist workers (each has its own below it)."""
+    root = tmp_path_factory.getbasetemp()
+    return root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+    """One persistent XLA cache for the session, its workers and the commands its tests start (they read
+    JAX_NANO_CACHE): most tests train the same toy step, and each program is then compiled once. A test that
+    needs a cold cache sets its own."""
+    path = session_folder(tmp_path_factory) / "xla-cache"
+    path.mkdir(exist_ok=True)
+    os.environ["JAX_NANO_CACHE"] = str(path)
+    use_compilation_cache(path)
 
 
 @pytest.fixture(scope="session")
@@ -41,9 +59,7 @@ def smoke_cli_run(tmp_path_factory):
     """`scripts/speedrun.py --track smoke` cut to 8 steps, run once for every test that needs a real-vocabulary
     model trained from the command line: (its folder, the finished process); the weights are in smoke.pt. Under
     pytest-xdist the workers share one run: the first makes it in the session's common folder, under a lock."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # this session's folder, above each worker's own
+    root = session_folder(tmp_path_factory)
     folder = root / "smoke-cli"
     with FileLock(str(root / "smoke-cli.lock")):
         if not (folder / "done.json").is_file():

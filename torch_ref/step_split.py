@@ -10,7 +10,7 @@ from torch_ref.model import loss_fn
 
 
 def split_times(trainer, batches) -> dict:
-    """{"fwd_bwd_s", "optimizer_s", "step_s"}: medians over `batches` (the first one only warms) of the forward
+    """{"fwd_bwd_s", "optimizer_s", "step_s"}: medians over `batches` (the first two only warm) of the forward
     and backward pass, the optimizer step after it, and the trainer's whole step. `trainer` is set up already."""
 
     def fwd_bwd(ids_BT):

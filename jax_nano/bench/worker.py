@@ -33,6 +33,7 @@ from pathlib import Path
 from configs.errors import UserError
 from jax_nano import xla_flags
 from jax_nano.core.device import backend_of
+from jax_nano.core.split_timing import WARM_BATCHES
 
 ROOT = Path(__file__).resolve().parent.parent
 # framework -> the module that times its step in two halves, imported only by a job that asks for it
@@ -110,7 +111,7 @@ def split_job(job: dict) -> dict:
     trainer = make_trainer(track, Path(job["runs_dir"]) / f"split-{time.monotonic_ns()}")
     rng = np.random.default_rng(0)
     batches = [rng.integers(0, trainer.cfg.vocab_size, (track.batch_size, track.seq_len))
-               for _ in range(job["steps"] + 2)]
+               for _ in range(job["steps"] + 1 + WARM_BATCHES)]
     trainer.setup(batches[:1], None)
     times = importlib.import_module(SPLITS[track.framework]).split_times(trainer, batches[1:])
     trainer.close()

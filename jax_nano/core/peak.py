@@ -41,8 +41,9 @@ def time_matmuls(prepare, sizes, repeats: int = 5, budget_s: float = 2.0) -> lis
     """[{"dtype", "n", "flops_per_s"}] for each of PROBE_DTYPES and each size, smallest first: the best of
     `repeats` calls of `prepare(dtype, n)()` (one matmul, waited for), or as many as fit in `budget_s`, after one
     untimed call that compiles and warms. The sizes of a dtype stop where one call, scaled from the size before
-    by n**3, would take longer than a quarter of `budget_s`: on a CPU without bf16 instructions a bf16 matmul runs ~1 GFLOP/s,
-    and the 2048 one alone would hold the probe (and the first run it serves) for half a minute."""
+    by n**3, would take longer than a quarter of `budget_s`: on a CPU without bf16 instructions a bf16 matmul
+    runs ~1 GFLOP/s, and the 2048 one alone would hold the probe (and the first run it serves) for half a
+    minute."""
     results = []
     for dtype in PROBE_DTYPES:
         previous = None  # (n, seconds of one call)

@@ -8,15 +8,16 @@ from jax_nano.run.speedrun import make_trainer
 
 
 def test_medians_leave_out_the_warm_batch_and_hand_the_gradients_on(monkeypatch):
-    ticks = iter([0, 50, 51, 52,  # the warm batch: far slower, and left out
+    ticks = iter([0, 50, 51, 52,  # the warm batches: far slower, and left out
+                  60, 80, 90, 91,
                   100, 103, 104, 110,
                   200, 201, 203, 206,
                   300, 302, 305, 309])
     monkeypatch.setattr(split_timing.time, "perf_counter", lambda: next(ticks))
     handed = []
-    times = split_timing.split_medians(["b0", "b1", "b2", "b3"], lambda ids: f"grads of {ids}", handed.append,
-                                       lambda ids: None)
-    assert handed == ["grads of b0", "grads of b1", "grads of b2", "grads of b3"]
+    times = split_timing.split_medians(["b0", "b1", "b2", "b3", "b4"], lambda ids: f"grads of {ids}",
+                                       handed.append, lambda ids: None)
+    assert handed == ["grads of b0", "grads of b1", "grads of b2", "grads of b3", "grads of b4"]
     assert times == {"fwd_bwd_s": 2, "optimizer_s": 2, "step_s": 4}
 
 
@@ -26,7 +27,7 @@ def test_each_framework_times_its_halves_of_a_real_step(framework, toy_track, tm
     track = toy_track(framework=framework)
     trainer = make_trainer(track, tmp_path / framework)
     rng = np.random.default_rng(0)
-    batches = [rng.integers(0, trainer.cfg.vocab_size, (track.batch_size, track.seq_len)) for _ in range(4)]
+    batches = [rng.integers(0, trainer.cfg.vocab_size, (track.batch_size, track.seq_len)) for _ in range(5)]
     trainer.setup(batches[:1], None)
     module = {"jax": "jax_nano.step_split", "torch": "torch_ref.step_split"}[framework]
     times = __import__(module, fromlist=["split_times"]).split_times(trainer, batches[1:])

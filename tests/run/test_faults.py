@@ -199,7 +199,7 @@ def test_summary_records_the_weights_and_data_checksums(trained):
 def test_run_killed_inside_a_checkpoint_save_resumes_exactly(trained, tmp_path):
     framework, store = trained["framework"], trained["store"]
     env = {**os.environ, "STALL_STEP": "4", "STALL_MARKER": str(tmp_path / "stalled"),
-           "JAX_NANO_CACHE": str(tmp_path / "xla-cache"), "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": str(ROOT)}
     flags = cli_flags(store, framework) + ["--run-name", "killed"]
     runner = ROOT / "tests" / "run" / "fault_runner.py"
     proc = subprocess.Popen([sys.executable, str(runner), *flags], cwd=tmp_path, env=env,
@@ -239,7 +239,7 @@ def test_run_killed_inside_a_checkpoint_save_resumes_exactly(trained, tmp_path):
 
 def start_runner(tmp_path: Path, flags: list, **faults) -> subprocess.Popen:
     """tests/run/fault_runner.py with `flags` and the faults it reads from the environment."""
-    env = {**os.environ, "JAX_NANO_CACHE": str(tmp_path / "xla-cache"), "PYTHONPATH": str(ROOT),
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
            **{k: str(v) for k, v in faults.items()}}
     return subprocess.Popen([sys.executable, str(ROOT / "tests" / "run" / "fault_runner.py"), *flags], cwd=tmp_path,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -124,6 +124,13 @@ def cli(*args, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+def cli_together(arg_lists, cwd) -> list[tuple[int, str]]:
+    """(exit code, stderr) of each command line, all started at once: each spends its seconds importing."""
+    procs = [subprocess.Popen([sys.executable, str(ROOT / "scripts" / "speedrun.py"), "--no-bar", *args], cwd=cwd,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for args in arg_lists]
+    return [(proc.returncode, err) for proc, (_, err) in ((p, p.communicate(timeout=300)) for p in procs)]
+
+
 def test_cli_bad_input_is_a_one_line_error_and_overwrites_nothing(toy_store, tmp_path):
     base = ["--model", "tiny", "--data", toy_store, "--seq-len", "64", "--warmup-steps", "1", "--eval-batches", "2"]
     cases = {
@@ -137,11 +144,10 @@ def test_cli_bad_input_is_a_one_line_error_and_overwrites_nothing(toy_store, tmp
         ("--track", "8M", "--record", "--leaderboard", str(tmp_path / "notes.md")): "has no table for track '8M'",
     }
     (tmp_path / "notes.md").write_text("# notes\n")
-    for extra, message in cases.items():
-        out = cli(*base, *extra, cwd=tmp_path)
-        assert out.returncode == 2, (extra, out.stderr[-500:])
-        assert message in out.stderr and "Traceback" not in out.stderr, (extra, out.stderr)
-        assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    for (extra, message), (code, err) in zip(cases.items(), cli_together([[*base, *e] for e in cases], tmp_path)):
+        assert code == 2, (extra, err[-500:])
+        assert message in err and "Traceback" not in err, (extra, err)
+        assert len(err.strip().splitlines()) == 1, err
     # A checkpoint of another model, then a corrupted one: refused, and left where it was.
     assert cli(*base, "--max-steps", "2", "--run-name", "r", cwd=tmp_path).returncode == 0
     before = sorted(p.name for p in (tmp_path / "runs" / "r" / "checkpoints").iterdir())

@@ -96,8 +96,7 @@ def test_a_disk_that_fills_during_the_run_stops_it_in_one_line(toy_store, tmp_pa
     with tmpfs(tmp_path / "runs", need + (64 << 10)):  # room for one checkpoint (1.4 MiB), not two
         flags = cli_flags(toy_store, "jax", every=2) + ["--run-name", "full"]
         out = subprocess.run([sys.executable, str(ROOT / "scripts" / "speedrun.py"), *flags], cwd=tmp_path,
-                             capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "JAX_NANO_CACHE": str(tmp_path / "xla-cache")})
+                             capture_output=True, text=True, timeout=300)
         assert out.returncode == 2, out.stderr[-3000:]
         last = out.stderr.strip().splitlines()[-1]
         assert last.startswith(f"error: cannot write {tmp_path}/runs/full/checkpoints/4: disk full"), out.stderr
