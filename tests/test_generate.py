@@ -1,7 +1,6 @@
 """Generation: the KV cache computes what a full recomputation computes, JAX and PyTorch agree, padding is
 invisible, seeded sampling repeats, and a whole generation compiles one prefill and one decode step."""
 
-import importlib.util
 import shutil
 import sys
 import types
@@ -24,6 +23,7 @@ from jax_nano.interop.weights import WeightsError, load_model, read_state_dict
 from jax_nano.model import GPT
 from jax_nano.run.speedrun import speedrun
 from tests import toy
+from tests.script_modules import load_script, script_cache
 from torch_ref.generate import Generator as TorchGenerator
 from torch_ref.model import MinimalLLM
 
@@ -203,15 +203,9 @@ def test_upstream_export_loads_the_way_upstreams_trainer_loads_it(trained_run, j
 @pytest.fixture(scope="module")
 def generate_main(tmp_path_factory):
     """scripts/generate.py's main, its persistent compilation cache kept out of the user's home."""
-    spec = importlib.util.spec_from_file_location("generate_cli", ROOT / "scripts" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAX_NANO_CACHE", str(tmp_path_factory.mktemp("xla")))
-        before = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-        yield module.main
-        jax.config.update("jax_compilation_cache_dir", before[0])
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    main = load_script("generate").main
+    with script_cache(tmp_path_factory.mktemp("xla")):
+        yield main
 
 
 def test_generate_cli_errors_are_one_line(generate_main, trained, tmp_path, capsys):

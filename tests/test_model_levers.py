@@ -1,7 +1,6 @@
 """The model's levers: the lean RMSNorm, remat policies, unrolled layers, the attention kernel, float32 precision,
 the default XLA flags, and the activation-memory accounting of scripts/memory.py."""
 
-import importlib.util
 import os
 import re
 import subprocess
@@ -22,17 +21,11 @@ from jax_nano.core.cli import run_main, track_from_args
 from jax_nano.interop.convert import jax_to_torch
 from jax_nano.train import JaxTrainer, model_config_for
 from parity_tests.compare import assert_all_close
+from tests.script_modules import load_script
 from tests.test_sharding import cli_args, fake_devices
 from tests.toy import toy_track
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_script", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 # -- RMSNorm ------------------------------------------------------------------------------------------------------
@@ -159,7 +152,7 @@ def test_float32_step_lowers_every_matmul_at_highest_precision(toy_store):
 
 @pytest.mark.parametrize("script", ["speedrun", "compare"])
 def test_lever_flags_reach_the_model_config(script):
-    parser = _load_script(script).parser()
+    parser = load_script(script).parser()
     track = track_from_args(parser.parse_args(["--unroll-layers", "--remat", "full", "--attention", "xla"]))
     cfg = model_config_for(track, get_model_config(track.model))
     assert (cfg.remat, cfg.unroll_layers, cfg.attention) == ("full", True, "xla")
@@ -176,7 +169,7 @@ def test_bad_lever_is_a_one_line_error(toy_store, tmp_path, monkeypatch, capsys,
     monkeypatch.setenv(xla_flags.SWITCH, "0")
     monkeypatch.chdir(tmp_path)
     argv = cli_args(toy_store, *extra)[2:]
-    assert run_main(_load_script("speedrun").main, argv) == 2
+    assert run_main(load_script("speedrun").main, argv) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "results").exists()

@@ -2,7 +2,6 @@
 resolution and failures (a fake pip), the assembly and its size limit, run.sh's and the job runner's one-line
 errors."""
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
@@ -15,6 +14,7 @@ from jax_nano.bundle.targets import PRESETS, BundleError, Target, get_target, re
 from jax_nano.core import device
 from jax_nano.core.cli import run_main
 from jax_nano.data import tokenizer
+from tests.script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRES = ">=3.11"
@@ -161,9 +161,7 @@ def test_an_occupied_out_and_two_stores_of_one_name_are_refused(tmp_path, toy_st
 
 
 def test_the_script_refuses_bad_input_in_one_line(capsys):
-    spec = importlib.util.spec_from_file_location("bundle_script", ROOT / "scripts" / "bundle.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("bundle")
     for argv, message in ((["--out", "x", "--preinstalled", "nope"], "neither a preset nor a file"),
                           (["--out", "x", "--frameworks", "jax,mxnet"], "--frameworks 'jax,mxnet'")):
         assert run_main(script.main, argv) == 2

@@ -1,18 +1,16 @@
 """Never train on the CPU by accident: the device check on faked machines (no GPU is needed to run these)."""
 
-import importlib.util
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from jax_nano.core import device
 from jax_nano.core.cli import run_main
 from jax_nano.core.device import DeviceError, Probe, check_device
+from tests.script_modules import load_script
 
-ROOT = Path(__file__).resolve().parents[2]
 CUDA12_DRIVER, CUDA13_DRIVER = "550.54.15", "580.82.07"
 JAX_CPU_ONLY = Probe(False, "CPU-only jaxlib 0.10.2 (no CUDA plugin)")
 TORCH_CU130 = Probe(False, "torch 2.13.0 (CUDA 13.0 build)")
@@ -97,13 +95,6 @@ def test_driver_version_from_proc_when_nvidia_smi_is_missing(monkeypatch, tmp_pa
     assert device.driver_version(tmp_path) == "580.82.07"
     (tmp_path / "version").write_text("NVRM version: NVIDIA UNIX x86_64 Kernel Module  550.54.15  Tue Mar  5 2024\n")
     assert device.driver_version(tmp_path) == "550.54.15"
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("script, argv, fake, expected", [

@@ -1,7 +1,6 @@
 """Files a user names, damaged: a token store (`--data`) and the sources of scripts/prepare_data.py. Each gives one
 line naming the file and the problem, exit code 2 from the command line, and changes nothing."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,18 +10,9 @@ import pytest
 from jax_nano.core.cli import run_main
 from jax_nano.data import tokenizer
 from jax_nano.data.token_store import DataError, open_store, write_store
+from tests.script_modules import load_script
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _prepare_data():
-    spec = importlib.util.spec_from_file_location("prepare_data", ROOT / "scripts" / "prepare_data.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-prepare_data = _prepare_data()
+prepare_data = load_script("prepare_data")
 
 
 def edit_header(**changes):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -17,19 +16,13 @@ from jax_nano.data import tokenizer
 from jax_nano.data.sources import load_hub
 from jax_nano.data.token_store import DataError, open_store, split_rows
 from tests.data.stores import VOCAB, snapshot
+from tests.script_modules import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "prepare_data.py"
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("prepare_data", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-prepare_data = _load_script()
+prepare_data = load_script("prepare_data")
 
 
 def _rows(n, seq_len, vocab=VOCAB):

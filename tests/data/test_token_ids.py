@@ -2,7 +2,6 @@
 in one line naming the file, the id and the vocabulary, before either trainer indexes an embedding with it."""
 
 import hashlib
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,8 +11,7 @@ import pytest
 from jax_nano.core.cli import run_main
 from jax_nano.data.token_store import DataError, open_store, write_store
 from tests.data.stores import make_store
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.script_modules import load_script
 
 
 def forge(store: Path, position: int, token: int, keep_max_id: bool = False) -> None:
@@ -68,9 +66,7 @@ def test_a_header_whose_max_id_lies_is_refused(tmp_path):
 @pytest.mark.parametrize("framework", ["jax", "torch"])
 def test_both_trainers_refuse_the_store_in_one_line(tmp_path, capsys, framework):
     """The speedrun command of either framework stops before setup, blaming the data, not the loss."""
-    spec = importlib.util.spec_from_file_location("speedrun_cli", ROOT / "scripts" / "speedrun.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("speedrun")
     store = tmp_path / "store"
     make_store(store, n_rows=40, seq_len=64, vocab=512)  # the tiny model's vocabulary
     forge(store, 3, 600)

@@ -1,7 +1,6 @@
 """Benchmark scoring through lm-evaluation-harness: the jax-nano model against the model's own logits, JAX
 against PyTorch, the rolling windows, stop strings, compilations, and the evaluate command line."""
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -32,6 +31,7 @@ from jax_nano.compiles import compile_counter  # noqa: E402
 from jax_nano.evaluate import task_scores  # noqa: E402
 from jax_nano.evaluate.lm_eval_model import JaxNanoLM, bucket_for, length_buckets  # noqa: E402
 from tests.choice_task import write_choice_task  # noqa: E402
+from tests.script_modules import load_script, script_cache  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = ["red", "green", "blue", "seven", "river", "stone", "a quiet lamp", "forty two", "the end", "maybe not"]
@@ -221,17 +221,9 @@ needs_tokenizer = pytest.mark.skipif(not tokenizer.available(),
 
 def evaluate_main(argv, cache_dir) -> int:
     """scripts/evaluate.py's main, its persistent compilation cache in `cache_dir` and JAX's settings restored."""
-    spec = importlib.util.spec_from_file_location("evaluate_script", ROOT / "scripts" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    before = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("JAX_NANO_CACHE", str(cache_dir))
-        try:
-            return run_main(module.main, argv)
-        finally:
-            jax.config.update("jax_compilation_cache_dir", before[0])
-            jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    main = load_script("evaluate").main
+    with script_cache(cache_dir):
+        return run_main(main, argv)
 
 
 @needs_tokenizer

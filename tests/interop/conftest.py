@@ -2,12 +2,9 @@
 scripts/export.py, and fresh models of both families exported the same way; plus upstream's config class."""
 
 import dataclasses
-import importlib.util
 import sys
 import types
-from pathlib import Path
 
-import jax
 import pytest
 from flax import nnx
 
@@ -16,25 +13,14 @@ from configs.tracks import get_track
 from jax_nano.data import tokenizer
 from jax_nano.layout import to_upstream
 from jax_nano.model import GPT
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"{name}_cli", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.script_modules import load_script, script_cache
 
 
 @pytest.fixture
-def script(tmp_path, monkeypatch):
+def script(tmp_path):
     """A script's `main` by name, with the compilation cache in tmp_path and JAX's cache settings put back after."""
-    monkeypatch.setenv("JAX_NANO_CACHE", str(tmp_path / "xla"))
-    before = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    yield lambda name: load_script(name).main
-    jax.config.update("jax_compilation_cache_dir", before[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    with script_cache(tmp_path / "xla"):
+        yield lambda name: load_script(name).main
 
 
 @pytest.fixture(scope="session")

@@ -98,7 +98,7 @@ def test_export_of_a_hostile_file_is_one_line_exit_2_and_writes_nothing(tmp_path
     from safetensors.torch import save_file
 
     from jax_nano.core.cli import run_main
-    from tests.interop.conftest import load_script
+    from tests.script_modules import load_script
 
     save_file(_float8_tensors(tiny_sd), tmp_path / "f8.safetensors")
     hostile_files.state_dict_archive(tmp_path / "claim.pt", tiny_sd, widened="token_embedding.weight",

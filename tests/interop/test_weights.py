@@ -2,14 +2,11 @@
 upstream-layout export loaded the way upstream's trainer loads it."""
 
 import dataclasses
-import importlib.util
 import logging
 import os
 import sys
 import types
-from pathlib import Path
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -24,11 +21,10 @@ from jax_nano.interop.weights import (
     read_checkpoint,
     read_state_dict,
 )
+from tests.script_modules import load_script, script_cache
 from torch_ref.checkpoint import save_torch
 from torch_ref.model import MinimalLLM
 from torch_ref.tensors import numpy_state_dict, torch_state_dict
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def torch_model(cfg, seed=0):
@@ -146,14 +142,9 @@ def test_a_checkpoint_of_another_preset_is_a_one_line_error(tmp_path):
 
 @pytest.fixture
 def speedrun_main(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("speedrun_cli", ROOT / "scripts" / "speedrun.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    monkeypatch.setenv("JAX_NANO_CACHE", str(tmp_path / "xla"))
-    before = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    yield module.main
-    jax.config.update("jax_compilation_cache_dir", before[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", before[1])
+    main = load_script("speedrun").main
+    with script_cache(tmp_path / "xla"):
+        yield main
 
 
 def test_init_from_junk_is_a_one_line_error(toy_store, tmp_path, capsys, speedrun_main):

@@ -5,7 +5,6 @@ installed JAX's version) or libtpu (the version JAX pins): README's second test 
 skipped without them; the one-line errors run everywhere.
 """
 
-import importlib.util
 import json
 import os
 from pathlib import Path
@@ -21,6 +20,7 @@ from configs.tracks import get_track  # noqa: E402
 from jax_nano.core.cli import run_main  # noqa: E402
 from jax_nano.plan import deviceless  # noqa: E402
 from jax_nano.plan.targets import GPUS, TPUS  # noqa: E402
+from tests.script_modules import load_script
 
 needs_plugin = pytest.mark.skipif(not deviceless.has_cuda_plugin(),
                                   reason="JAX's CUDA compiler is not installed (README, Tests)")
@@ -31,10 +31,7 @@ TRACK = get_track("4.5loss").replace(model="tiny", batch_size=2, seq_len=128)
 
 
 def plan_script():
-    spec = importlib.util.spec_from_file_location("plan_script", "scripts/plan.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("plan")
 
 
 def test_unknown_card_is_one_line(capsys):

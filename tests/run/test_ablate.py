@@ -1,7 +1,6 @@
 """Ablations (scripts/ablate.py, jax_nano/run/ablate.py): the plan's order, a failing run reported while the others
 go on, a resume that redoes nothing finished, the report's figures; and bad input of both command lines."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,15 +10,7 @@ from configs import variants
 from jax_nano.core import report
 from jax_nano.core.cli import run_main
 from jax_nano.run import ablate, ablate_report
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def script(name: str):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.script_modules import load_script
 
 
 def test_rounds_rotate_the_arms():
@@ -40,7 +31,7 @@ def test_rounds_rotate_the_arms():
 ])
 def test_bad_input_is_one_line_and_exit_2(tool, argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert run_main(script(tool).main, argv) == 2
+    assert run_main(load_script(tool).main, argv) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1, err
     assert not any(tmp_path.iterdir())
