@@ -25,14 +25,9 @@ def split_times(trainer, batches) -> dict:
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         return optax.apply_updates(state.params, updates), opt_state
 
-    def whole_step(ids_BT):
-        trainer.read(trainer.step(ids_BT))
-        trainer.sync()
-
     with matmul_precision(trainer.cfg.compute_dtype):
         grads_fn, update_fn = jax.jit(grads_of), jax.jit(update)
         return split_medians(
-            batches,
+            trainer, batches,
             lambda ids_BT: jax.block_until_ready(grads_fn(trainer.state.params, place.put(ids_BT))),
-            lambda grads: jax.block_until_ready(update_fn(trainer.state, grads)),
-            whole_step)
+            lambda grads: jax.block_until_ready(update_fn(trainer.state, grads)))

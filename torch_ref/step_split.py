@@ -24,8 +24,4 @@ def split_times(trainer, batches) -> dict:
         optim.step(trainer.model, trainer.optimizers, trainer.schedulers, trainer.track.optim.grad_clip)
         trainer.sync()
 
-    def whole_step(ids_BT):
-        trainer.read(trainer.step(ids_BT))
-        trainer.sync()
-
-    return split_medians(batches, fwd_bwd, optimizer, whole_step)
+    return split_medians(trainer, batches, fwd_bwd, optimizer)

@@ -12,10 +12,11 @@ HALVES = ("fwd_bwd_s", "optimizer_s", "step_s")
 WARM_BATCHES = 2
 
 
-def split_medians(batches: Iterable, fwd_bwd: Callable, optimizer: Callable, step: Callable) -> dict:
+def split_medians(trainer, batches: Iterable, fwd_bwd: Callable, optimizer: Callable) -> dict:
     """{"fwd_bwd_s", "optimizer_s", "step_s"}: medians over `batches`, the first WARM_BATCHES left out, of the three
-    calls made on each batch in turn: `fwd_bwd(ids_BT)` returns what `optimizer` is then called with, and
-    `step(ids_BT)` is the trainer's whole step. Each call must return only once its work is done."""
+    things done on each batch in turn: `fwd_bwd(ids_BT)`, which returns what `optimizer` is then called with, and
+    the trainer's whole step as the loop runs it (jax_nano/core/trainer.py: step, read, sync). The two calls must
+    return only once their work is done."""
     times = {key: [] for key in HALVES}
     for k, ids_BT in enumerate(batches):
         t0 = time.perf_counter()
@@ -23,7 +24,8 @@ def split_medians(batches: Iterable, fwd_bwd: Callable, optimizer: Callable, ste
         t1 = time.perf_counter()
         optimizer(grads)
         t2 = time.perf_counter()
-        step(ids_BT)
+        trainer.read(trainer.step(ids_BT))
+        trainer.sync()
         t3 = time.perf_counter()
         if k >= WARM_BATCHES:
             for key, seconds in zip(HALVES, (t1 - t0, t2 - t1, t3 - t2)):

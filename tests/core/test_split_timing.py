@@ -14,10 +14,22 @@ def test_medians_leave_out_the_warm_batch_and_hand_the_gradients_on(monkeypatch)
                   200, 201, 203, 206,
                   300, 302, 305, 309])
     monkeypatch.setattr(split_timing.time, "perf_counter", lambda: next(ticks))
-    handed = []
-    times = split_timing.split_medians(["b0", "b1", "b2", "b3", "b4"], lambda ids: f"grads of {ids}",
-                                       handed.append, lambda ids: None)
+    handed, stepped = [], []
+
+    class Trainer:  # the loop's side of the trainer interface
+        def step(self, ids):
+            return f"step on {ids}"
+
+        def read(self, pending):
+            stepped.append(pending)
+
+        def sync(self):
+            pass
+
+    times = split_timing.split_medians(Trainer(), ["b0", "b1", "b2", "b3", "b4"], lambda ids: f"grads of {ids}",
+                                       handed.append)
     assert handed == ["grads of b0", "grads of b1", "grads of b2", "grads of b3", "grads of b4"]
+    assert stepped == ["step on b0", "step on b1", "step on b2", "step on b3", "step on b4"]
     assert times == {"fwd_bwd_s": 2, "optimizer_s": 2, "step_s": 4}
 
 
