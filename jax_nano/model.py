@@ -359,8 +359,12 @@ def loss_fn(model: GPT, ids_BT):
     counted_BT = jnp.broadcast_to(jnp.arange(T) < T - 1, (B, T))
     chunk = model.cfg.loss_chunk
     if not chunk:
-        # Checkpointed: the backward pass keeps the logits in the compute dtype, not a float32 softmax of them.
-        nll_BT = jax.checkpoint(_nll)(model(ids_BT), labels_BT)
+        logits_BTV = model(ids_BT)
+        # Narrower logits are checkpointed: the backward pass keeps them in the compute dtype, not a float32
+        # softmax of them. Float32 logits are not: the softmax it keeps instead is no larger, and recomputing it
+        # cost the smoke step's forward+backward 13-27% on a 2-core CPU (PERFORMANCE.md).
+        nll = _nll if logits_BTV.dtype == jnp.float32 else jax.checkpoint(_nll)
+        nll_BT = nll(logits_BTV, labels_BT)
     else:
         @jax.checkpoint  # the backward pass recomputes each chunk's logits instead of keeping them all
         def chunk_nll(h_KD, labels_K):

@@ -103,6 +103,17 @@ def test_memory_accounting_shrinks_with_full_remat_and_matches_one_layer_traced_
     assert any("Attention._project" in r.source for r in alone), alone
 
 
+@pytest.mark.parametrize("compute", ["float32", "bfloat16"])
+def test_loss_keeps_one_vocab_sized_tensor_for_the_backward_pass_no_wider_than_the_logits(compute):
+    """Float32 logits: the softmax is kept (not recomputed); narrower ones: the logits themselves, checkpointed."""
+    cfg = get_model_config("tiny", compute_dtype=compute)
+    outside = memory.saved_activations(cfg, 2, 40).outside
+    vocab_sized = [(r.array, r.source.split(" from ")[0]) for r in outside
+                   if r.array.endswith(f"[2,40,{cfg.vocab_size}]")]
+    kept = "output of exp" if compute == "float32" else "output of dot_general"
+    assert vocab_sized == [(f"{compute}[2,40,{cfg.vocab_size}]", kept)], outside
+
+
 def test_151m_default_keeps_at_most_120_mib_per_layer():
     cfg = get_model_config("blueberry-151m", compute_dtype="bfloat16")
     kept = memory.saved_activations(cfg, 4, 2048)
