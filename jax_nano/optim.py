@@ -89,13 +89,18 @@ class MuonState(NamedTuple):
 
 def muon(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.95, method: str = "polar-express",
          steps: int = 5, dtype="bfloat16", whole_matrices=None, drop: float = 0.0,
-         seed: int = 0) -> optax.GradientTransformation:
+         seed: int = 0, one_at_a_time: bool = False) -> optax.GradientTransformation:
     """Upstream Muon on Flax kernels (..., in, out): Nesterov momentum without bias correction, orthogonalized
     in torch layout, scaled by lr * sqrt(max(1, out/in)). The momentum buffer has the parameter's dtype.
     `drop` > 0: the variant muon-drop, masks drawn from `seed` (jax_nano/variants/muon_drop.py).
 
     `whole_matrices` (sharded training, jax_nano/sharding.py): applied to each update before it is
-    orthogonalized, a sharding constraint that leaves no matrix split across devices."""
+    orthogonalized, a sharding constraint that leaves no matrix split across devices.
+
+    `one_at_a_time`: a stacked (L, in, out) weight is orthogonalized one layer's matrix after another (a loop
+    in the program, `lax.map`) instead of as one batch of L. On a CPU, XLA's batched dots ran the 88M model's
+    Polar Express 12-17% slower than the same matrices one by one (PERFORMANCE.md); on an accelerator the
+    batch keeps the device full, and a sharded stack must stay a batch, orthogonalized where it lies."""
     ortho_coefficients(method, steps)  # fail at construction, not inside jit
     schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
 
@@ -111,7 +116,10 @@ def muon(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.95, method: 
         def step(path, u_LIO):
             if whole_matrices is not None:
                 u_LIO = whole_matrices(u_LIO)
-            o_LIO = orthogonalize(u_LIO, method, steps, dtype)
+            if one_at_a_time and u_LIO.ndim > 2:
+                o_LIO = jax.lax.map(lambda u_IO: orthogonalize(u_IO, method, steps, dtype), u_LIO)
+            else:
+                o_LIO = orthogonalize(u_LIO, method, steps, dtype)
             d_in, d_out = u_LIO.shape[-2:]
             # One float32 multiply by lr*scale and one rounding, like torch's p.add_(O, alpha=-lr*scale).
             update = (o_LIO.astype(jnp.float32) * (-lr * math.sqrt(max(1.0, d_out / d_in)))).astype(u_LIO.dtype)
@@ -176,7 +184,8 @@ def make_optimizer(config: OptimConfig, total_steps: int, whole_matrices=None,
     """Clip all gradients together, then Muon for block matrices and PyTorch-style AdamW for the rest.
     optax.adamw computes -lr*(adam + wd*p_old), the same as torch's p *= 1-lr*wd followed by the Adam step.
     `whole_matrices`: see `muon` (None on one device). `seed`: the run's, for the muon-drop masks. The
-    orthogonalization dtype "auto" is resolved for the platform the step is compiled for (`ortho_dtype_for`)."""
+    orthogonalization dtype "auto" is resolved for the platform the step is compiled for (`ortho_dtype_for`),
+    and so is whether Muon takes a stacked weight's matrices one at a time (on a CPU, unsharded)."""
     muon_lr = lr_schedule(config.muon_lr, config.schedule, total_steps, config.warmup_ratio)
     adamw_lr = lr_schedule(config.adamw_lr, config.schedule, total_steps, config.warmup_ratio)
     b1, b2 = config.adam_betas
@@ -186,7 +195,8 @@ def make_optimizer(config: OptimConfig, total_steps: int, whole_matrices=None,
             {
                 "muon": muon(muon_lr, config.muon_momentum, config.orthogonalizer, config.ortho_steps,
                              ortho_dtype_for(config.ortho_dtype, target_platform()), whole_matrices,
-                             config.muon_drop, seed),
+                             config.muon_drop, seed,
+                             one_at_a_time=target_platform() == "cpu" and whole_matrices is None),
                 "adamw": optax.adamw(adamw_lr, b1=b1, b2=b2, eps=config.adam_eps, weight_decay=config.weight_decay),
             },
             param_labels,

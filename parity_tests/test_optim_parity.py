@@ -20,7 +20,7 @@ from configs.optim import OptimConfig
 from jax_nano import optim as jopt
 from jax_nano.interop.convert import jax_to_torch, torch_to_jax
 from jax_nano.layout import load_params, upstream_shapes
-from jax_nano.model import GPT
+from jax_nano.model import GPT, compiling_for
 from jax_nano.model import loss_fn as jax_loss
 from parity_tests.compare import assert_all_close, rel_errors
 from torch_ref import optim as topt
@@ -102,6 +102,28 @@ def test_orthogonalize_matches_torch(method, dtype):
 def test_orthogonalize_bf16_default_jit(method):
     ours, ref = orthogonalize_both(method, "bfloat16", strict_rounding=False)
     assert_all_close(ours, ref, ORTHO_TOL_DEFAULT_JIT, what=f"orthogonalize {method} bf16, default jit")
+
+
+def test_stacked_matrices_one_at_a_time_on_a_cpu_give_the_batched_update():
+    """On a CPU (unsharded) Muon takes a stacked weight's matrices one after another: a loop in the program, and
+    the batched form's update within float32 rounding; compiled for a GPU the stack stays one batch."""
+    rng = np.random.default_rng(3)
+    params = {"transformer_blocks": {"kernel": jnp.asarray(rng.normal(size=(3, 64, 160)), jnp.float32)},
+              "lm_norm": {"scale": jnp.ones((64,), jnp.float32)}}
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    config = OptimConfig(ortho_dtype="float32")
+
+    def lowered(platform):
+        with compiling_for(platform):
+            tx = jopt.make_optimizer(config, total_steps=4)
+        update = jax.jit(lambda g, s, p: tx.update(g, s, p)[0])
+        return update, update.lower(grads, tx.init(params), params).as_text(), tx.init(params)
+
+    (cpu, cpu_text, state), (gpu, gpu_text, _) = lowered("cpu"), lowered("gpu")
+    assert "stablehlo.while" in cpu_text and "stablehlo.while" not in gpu_text
+    one, batched = cpu(grads, state, params), gpu(grads, state, params)
+    named = lambda tree: {jax.tree_util.keystr(k): v for k, v in jax.tree_util.tree_leaves_with_path(tree)}  # noqa: E731
+    assert_all_close(named(one), named(batched), 2e-6, what="Muon update")
 
 
 def test_polar_express_singular_values():
