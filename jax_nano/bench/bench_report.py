@@ -16,6 +16,7 @@ from jax_nano.bench import predicted
 from jax_nano.bench.compare_report import LABEL, device_slug, fmt, fmt_stats, form_label, split_lines
 from jax_nano.bench.load import describe as load_lines
 from jax_nano.bench.stats import ratio, spread
+from jax_nano.core.peak import measured_note
 
 CATEGORY_LABELS = {"matmul": "matmuls", "attention": "attention", "muon": "Muon (Polar Express)", "rest": "the rest",
                    "gaps": "gaps"}
@@ -148,11 +149,7 @@ def notes_for(records: list[dict], plan) -> list[str]:
         notes.append("MFU is n/a where the device has neither a published peak nor a measured one.")
     measured = next((s for s in done if s.get("mfu_basis") == "measured"), None)
     if measured is not None:
-        notes.append(f"MFU is against the **measured** matmul peak of this device "
-                     f"({measured['peak_flops'] / 1e9:,.0f} GFLOP/s: the best square float32/bf16 matmul of the "
-                     "installed frameworks, jax_nano/core/peak.py), not a published figure"
-                     + ("; it was probed while the load was above the core count, so it is low and the MFU high."
-                        if (measured.get("peak") or {}).get("loaded") else "."))
+        notes.append(measured_note(measured["peak_flops"], measured.get("peak")))
     compiled = {s.get("compile") for s in done if s.get("framework") == "torch" and s.get("compile")}
     notes += [f"PyTorch: {note}." for note in sorted(compiled)]
     if any(s.get("backend") == "cpu" and s.get("framework") == "torch" for s in done):

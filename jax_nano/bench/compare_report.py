@@ -11,6 +11,7 @@ from configs.tracks import FRAMEWORKS
 from jax_nano.bench.load import describe as load_lines
 from jax_nano.bench.stats import ratio, spread, welch_t_test
 from jax_nano.core import report
+from jax_nano.core.peak import measured_note
 
 # A form is a framework run one way: the race is JAX against PyTorch as it runs by default (compiled wherever
 # torch.compile works), with eager PyTorch as a labelled extra row. A run's summary names its form ("form"; a
@@ -197,7 +198,7 @@ def aggregate(summaries: list[dict], curves: list[dict] | None = None, *, baseli
         "welch_active_time": welch, "loss_agreement": agreement,
         "mfu_basis": basis.pop() if len(basis) == 1 else None,
         "peak_flops": next((s.get("peak_flops") for s in summaries if s.get("mfu") is not None), None),
-        "peak_loaded": any((s.get("peak") or {}).get("loaded") for s in summaries),
+        "peak": next((s.get("peak") for s in summaries if s.get("mfu") is not None), None),
     }
 
 
@@ -235,10 +236,7 @@ def split_lines(split: dict | None, labels: dict) -> list[str]:
 def mfu_note(result: dict) -> str | None:
     basis, peak = result.get("mfu_basis"), result.get("peak_flops")
     if basis == "measured":
-        return (f"MFU is against the **measured** matmul peak of this device ({peak / 1e9:,.0f} GFLOP/s: the best "
-                "square float32/bf16 matmul of the installed frameworks, jax_nano/core/peak.py), not a published "
-                "figure" + ("; it was probed while the load was above the core count, so it is low and the MFU high"
-                            if result.get("peak_loaded") else ""))
+        return measured_note(peak, result.get("peak"))
     if basis == "published":
         return "MFU is against the device's published dense bf16 peak (SPEC section 5)"
     return None

@@ -28,6 +28,7 @@ from jax_nano.core.report import flops_per_token, peak_flops, write_json_atomic
 
 # framework -> the module of its matmul probe and the distribution whose version keys the cache.
 PROBES = {"jax": ("jax_nano.peak_probe", "jaxlib"), "torch": ("torch_ref.peak_probe", "torch")}
+PROBE_NAMES = {"jax": "JAX", "torch": "PyTorch"}
 ROOT = Path(__file__).resolve().parents[2]
 PROBE_TIMEOUT_S = 300
 
@@ -176,6 +177,24 @@ def mfu(tokens_per_s: float, cfg, seq_len: int, device: str, probe=run_probe) ->
              else tokens_per_s * flops_per_token(cfg, seq_len) / found["flops_per_s"])
     return {"mfu": value, "basis": found["basis"], "peak_flops": found["flops_per_s"],
             "peak": {k: v for k, v in found.items() if k not in ("flops_per_s", "basis")}}
+
+
+def measured_note(peak_flops_value: float, found: dict | None) -> str:
+    """The reports' sentence on a measured peak: its value, which probe set it and when, and what to beware of.
+    `found` is `mfu(...)["peak"]` (framework, dtype, n, date, loaded), or None where only the value is known."""
+    found = found or {}
+    which = ""
+    if found.get("framework") and found.get("dtype") and found.get("n"):
+        when = str(found.get("date", ""))[:16].replace("T", " ")
+        which = (f"{PROBE_NAMES.get(found['framework'], found['framework'])}'s {found['dtype']} {found['n']} x "
+                 f"{found['n']} matmul{f', probed {when} UTC' if when else ''}; ")
+    note = (f"MFU is against the **measured** matmul peak of this device ({peak_flops_value / 1e9:,.0f} GFLOP/s: "
+            f"{which}the best square float32/bf16 matmul of the installed frameworks, jax_nano/core/peak.py), not a "
+            "published figure. The probe is cached and reused: a virtual machine whose speed drifts after it "
+            "shifts every MFU alike, so compare MFUs of one invocation only")
+    if found.get("loaded"):
+        note += "; it was probed while the load was above the core count, so it is low and the MFU high"
+    return note + "."
 
 
 def describe(mfu_value: float | None, basis: str | None, peak_flops_value: float | None = None) -> str:

@@ -51,6 +51,14 @@ def test_mfu_is_against_the_published_peak_where_known_else_the_measured_one(tmp
     assert cpu["mfu"] == pytest.approx(100 * flops_per_token(cfg, 256) / 150e9)
     assert peak.describe(0.213, "measured", 150e9) == "21.3% of the measured matmul peak (150 GFLOP/s)"
     assert peak.describe(0.41, "published") == "41.0% of the published bf16 peak"
+    note = peak.measured_note(cpu["peak_flops"], cpu["peak"])
+    assert note.startswith("MFU is against the **measured** matmul peak of this device (150 GFLOP/s: PyTorch's "
+                           f"float32 512 x 512 matmul, probed {cpu['peak']['date'][:10]} ")
+    assert "compare MFUs of one invocation only." in note and "probed while the load" not in note
+    loaded = peak.measured_note(150e9, {**cpu["peak"], "loaded": True})
+    assert "probed while the load was above the core count" in loaded
+    assert peak.measured_note(150e9, None).startswith("MFU is against the **measured** matmul peak of this device "
+                                                      "(150 GFLOP/s: the best square")
     assert peak.mfu(1.0, cfg, 256, "Nowhere", lambda fw: None)["mfu"] is None
     summary = {"date": "2026-12-03", "framework": "jax", "device": "2-core CPU", "active_time_s": 5.0, "steps": 10,
                "tokens": 10240, "train_loss": 7.0, "val_loss": 7.1, "setup_time_s": 9.0, "params": 88_630_528,
