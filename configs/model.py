@@ -10,8 +10,9 @@ DTYPES = ("float32", "bfloat16")
 # What the backward pass of each block keeps (jax_nano/model.py REMAT_POLICIES): "none" recomputes no matmul,
 # "dots" recomputes the attention, "full" recomputes the whole block from its input.
 REMAT_POLICIES = ("none", "dots", "full")
-# "auto": cuDNN's fused kernel on a GPU in half precision, XLA's otherwise.
-ATTENTION_KINDS = ("auto", "cudnn", "xla")
+# "auto": cuDNN's fused kernel on a GPU in half precision, on a CPU "grouped" (XLA einsums with the heads first,
+# jax_nano/grouped_attention.py), jax.nn's XLA path ("xla") otherwise.
+ATTENTION_KINDS = ("auto", "cudnn", "xla", "grouped")
 
 
 class ConfigError(UserError, ValueError):

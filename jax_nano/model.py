@@ -21,6 +21,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from configs.model import ConfigError, ModelConfig
+from jax_nano.dense import Linear, rows_matmul
+from jax_nano.grouped_attention import causal_attention
 from jax_nano.variants import unet_skips
 
 # What PyTorch's RMSNorm uses when no eps is given: float32 machine epsilon.
@@ -101,8 +103,8 @@ class RMSNorm(nnx.Module):
         return rms_norm(x, self.scale[...], _dtype(dtype or x.dtype))
 
 
-def _linear(d_in: int, d_out: int, cfg: ModelConfig, rngs: nnx.Rngs) -> nnx.Linear:
-    return nnx.Linear(
+def _linear(d_in: int, d_out: int, cfg: ModelConfig, rngs: nnx.Rngs) -> Linear:
+    return Linear(
         d_in, d_out, use_bias=False, dtype=_dtype(cfg.compute_dtype), param_dtype=_dtype(cfg.param_dtype),
         kernel_init=nnx.initializers.normal(cfg.init_std), rngs=rngs,
     )
@@ -142,9 +144,12 @@ def target_platform() -> str:
 
 
 def attention_kernel(cfg: ModelConfig) -> str:
-    """cuDNN's fused kernel wants half precision on a GPU; XLA's path covers float32 and the CPU."""
+    """cuDNN's fused kernel wants half precision on a GPU; on a CPU the grouped einsums are faster than jax.nn's
+    (jax_nano/grouped_attention.py); jax.nn's XLA path covers the rest."""
     if cfg.attention != "auto":
         return cfg.attention
+    if target_platform() == "cpu":
+        return "grouped"
     return "cudnn" if target_platform() == "gpu" and cfg.compute_dtype != "float32" else "xla"
 
 
@@ -187,10 +192,10 @@ class Attention(nnx.Module):
         if not cfg.fused_qkvo:
             return self.q_proj(x_BTD), self.k_proj(x_BTD), self.v_proj(x_BTD), self.w_o
         w_DE = self.qkvo_proj[...].astype(cfg.compute_dtype)
-        qkv = x_BTD @ w_DE[:, : cfg.d_model + 2 * cfg.kv_dim]
+        qkv = rows_matmul(x_BTD, w_DE[:, : cfg.d_model + 2 * cfg.kv_dim])
         q, k, v = jnp.split(qkv, [cfg.d_model, cfg.d_model + cfg.kv_dim], axis=-1)
         w_o_DD = w_DE[:, cfg.d_model + 2 * cfg.kv_dim :]
-        return q, k, v, lambda a: a @ w_o_DD
+        return q, k, v, lambda a: rows_matmul(a, w_o_DD)
 
     def _heads(self, x_BTD, rope):
         """q and k (QK-normed, then rotated by `rope`) and v split into heads, and the output projection."""
@@ -205,10 +210,12 @@ class Attention(nnx.Module):
         cfg = self.cfg
         B, T, _ = x_BTD.shape
         q_BTNH, k_BTKH, v_BTKH, out_proj = self._heads(x_BTD, lambda x: apply_rope(x, cos_TP, sin_TP))
-        a_BTNH = jax.nn.dot_product_attention(
-            q_BTNH, k_BTKH, v_BTKH, scale=1.0 / math.sqrt(cfg.head_dim), is_causal=True,
-            implementation=attention_kernel(cfg),
-        )
+        scale, kernel = 1.0 / math.sqrt(cfg.head_dim), attention_kernel(cfg)
+        if kernel == "grouped":
+            a_BTNH = causal_attention(q_BTNH, k_BTKH, v_BTKH, scale)
+        else:
+            a_BTNH = jax.nn.dot_product_attention(q_BTNH, k_BTKH, v_BTKH, scale=scale, is_causal=True,
+                                                  implementation=kernel)
         return out_proj(a_BTNH.reshape(B, T, cfg.d_model))
 
     def cached(self, x_BTD, cos_BTP, sin_BTP, kv, start, mask_BTS):
@@ -312,7 +319,7 @@ class GPT(nnx.Module):
         """The LM head, tied to the token embedding, in the compute dtype."""
         dtype = _dtype(self.cfg.compute_dtype)
         with matmul_precision(self.cfg.compute_dtype):
-            return h_BTD.astype(dtype) @ self.token_embedding.embedding[...].astype(dtype).T
+            return rows_matmul(h_BTD.astype(dtype), self.token_embedding.embedding[...].astype(dtype).T)
 
     def __call__(self, ids_BT):
         """Logits (B, T, V)."""

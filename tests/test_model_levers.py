@@ -18,6 +18,7 @@ from jax_nano import model as jm
 from jax_nano import xla_flags
 from jax_nano.bench import memory
 from jax_nano.core.cli import run_main, track_from_args
+from jax_nano.grouped_attention import causal_attention
 from jax_nano.interop.convert import jax_to_torch
 from jax_nano.train import JaxTrainer, model_config_for
 from parity_tests.compare import assert_all_close
@@ -110,7 +111,8 @@ def test_loss_keeps_one_vocab_sized_tensor_for_the_backward_pass_no_wider_than_t
     outside = memory.saved_activations(cfg, 2, 40).outside
     vocab_sized = [(r.array, r.source.split(" from ")[0]) for r in outside
                    if r.array.endswith(f"[2,40,{cfg.vocab_size}]")]
-    kept = "output of exp" if compute == "float32" else "output of dot_general"
+    # Narrower: the logits themselves, as jax_nano/dense.py's rows_matmul returns them (its dot reshaped).
+    kept = "output of exp" if compute == "float32" else "output of reshape"
     assert vocab_sized == [(f"{compute}[2,40,{cfg.vocab_size}]", kept)], outside
 
 
@@ -133,7 +135,12 @@ def test_memory_script_prints_every_policy_and_a_budget(capsys):
 
 def test_attention_choice_and_its_errors():
     cfg = get_model_config("tiny", compute_dtype="bfloat16")
-    assert jm.attention_kernel(cfg) == "xla"  # this is a CPU
+    assert jm.attention_kernel(cfg) == "grouped"  # this is a CPU
+    with jm.compiling_for("gpu"):
+        assert jm.attention_kernel(cfg) == "cudnn"
+        assert jm.attention_kernel(cfg.replace(compute_dtype="float32")) == "xla"
+    with jm.compiling_for("tpu"):
+        assert jm.attention_kernel(cfg) == "xla"
     assert jm.attention_kernel(cfg.replace(attention="xla")) == "xla"
     with pytest.raises(ConfigError, match="attention 'cudnn' needs an NVIDIA GPU"):
         jm.GPT(cfg.replace(attention="cudnn"), rngs=nnx.Rngs(0))
@@ -143,6 +150,32 @@ def test_attention_choice_and_its_errors():
         get_model_config("tiny", attention="flash")
     with pytest.raises(ConfigError, match="unknown remat policy 'some'"):
         get_model_config("tiny", remat="some")
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (8, 2)])
+def test_grouped_attention_gives_jax_nn_values_and_gradients(heads, kv_heads):
+    B, T, H = 2, 24, 16
+    q, k, v, dy = (jax.random.normal(key, (B, T, n, H)) for key, n in
+                   zip(jax.random.split(jax.random.key(0), 4), (heads, kv_heads, kv_heads, heads)))
+
+    def grads(attend):
+        return jax.value_and_grad(lambda q, k, v: jnp.sum(attend(q, k, v) * dy), argnums=(0, 1, 2))(q, k, v)
+
+    with jax.default_matmul_precision("highest"):
+        got = grads(lambda q, k, v: causal_attention(q, k, v, 0.25))
+        want = grads(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, scale=0.25, is_causal=True,
+                                                                  implementation="xla"))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5)
+    # Causal: the first position attends to itself alone.
+    np.testing.assert_allclose(causal_attention(q, k, v, 0.25)[:, 0, 0], v[:, 0, 0], rtol=1e-6)
+
+
+def test_grouped_and_jax_nn_attention_train_the_model_alike(tiny_batch, reference):
+    cfg, ids = tiny_batch
+    loss, grads = loss_and_grads(cfg.replace(attention="xla"), ids)
+    assert abs(loss - reference[0]) <= 1e-6
+    assert_all_close(grads, reference[1], 1e-5, what="gradient")
 
 
 def test_float32_step_lowers_every_matmul_at_highest_precision(toy_store):
@@ -156,6 +189,23 @@ def test_float32_step_lowers_every_matmul_at_highest_precision(toy_store):
     ids = jnp.zeros((2, 16), jnp.int32)
     lowered = jax.jit(jax.grad(lambda p: jm.loss_fn(nnx.merge(graphdef, p), ids))).lower(params).as_text()
     assert "dot_general" in lowered and "HIGHEST" not in lowered
+
+
+@pytest.mark.parametrize("fused_qkvo", [False, True])
+def test_every_matmul_with_a_weight_contracts_one_axis(tiny_batch, fused_qkvo):
+    """jax_nano/dense.py merges the positions into one row axis first, so no weight's gradient is a dot over (B, T)
+    at once, which XLA's CPU backend ran through a transposed copy of the activation gradient."""
+    cfg, ids = tiny_batch
+    graphdef, params = nnx.split(jm.GPT(cfg.replace(fused_qkvo=fused_qkvo), rngs=nnx.Rngs(0)))
+    lowered = jax.jit(jax.grad(lambda p: jm.loss_fn(nnx.merge(graphdef, p), ids))).lower(params).as_text()
+    dots = [line for line in lowered.splitlines() if "stablehlo.dot_general" in line]
+    unbatched = [re.search(r"contracting_dims = \[([\d, ]*)\]", line)[1]
+                 for line in dots if "batching_dims" not in line]
+    # The scanned block's projections (q|k|v and o fused, or four apart; the MLP's) and the tied head: each a
+    # forward, an input-gradient and a weight-gradient dot.
+    projections = (2 if fused_qkvo else 4) + (3 if cfg.mlp == "swiglu" else 2)
+    assert len(unbatched) == 3 * (projections + 1), unbatched
+    assert all("," not in dims for dims in unbatched), unbatched
 
 
 # -- the command line ----------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from jax._src.ad_checkpoint import saved_residuals
 
 from configs.model import ModelConfig, get_model_config
 from configs.tracks import Track, get_track
+from jax_nano import dense
 from jax_nano.core.cli import OVERRIDES, add_flag, run_main
 from jax_nano.model import GPT, block_step, loss_fn, rope_tables
 from jax_nano.optim import make_optimizer
@@ -33,8 +34,9 @@ from jax_nano.train import model_config_for
 MIB, GIB = 2**20, 2**30
 ROOT = str(Path(__file__).resolve().parent.parent) + "/"
 DEFAULT_TRACKS = ("4.5loss", "8M")
-# Name the model's line that made an array, not Flax's nnx.Linear inside it.
+# Name the model's line that made an array, not the Linear layer (Flax's, or jax_nano/dense.py's) inside it.
 source_info_util.register_exclusion(str(Path(flax.__file__).resolve().parent))
+source_info_util.register_exclusion(dense.__file__)
 FLAGS = ("model", "batch_size", "seq_len", "precision", "loss_chunk", "remat", "attention")
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 CATEGORIES = ("matmul", "attention", "muon", "rest", "gaps")
 MUON_FUNCTIONS = ("orthogonalize", "_mul")
-ATTENTION_FUNCTIONS = ("Attention.__call__",)
+ATTENTION_FUNCTIONS = ("Attention.__call__", "causal_attention")
 ATTENTION_KERNEL = re.compile(r"fmha|flash|sdpa|attention", re.I)
 GEMM_KERNEL = re.compile(r"gemm|cublas|cutlass|xmma|wgmma|matmul", re.I)
 CONTAINERS = ("while", "conditional", "call")

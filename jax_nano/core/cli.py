@@ -46,7 +46,8 @@ OVERRIDES = {
     "loss_chunk": ("loss_chunk", int, "JAX: cross-entropy over N positions at a time, no full logits (0: off)"),
     "remat": ("remat", str, f"JAX: what each block recomputes in the backward pass: {', '.join(REMAT_POLICIES)}"),
     "unroll_layers": ("unroll_layers", bool, "JAX: a Python loop over the layers instead of a scan (longer compile)"),
-    "attention": ("attention", str, f"JAX attention kernel: {', '.join(ATTENTION_KINDS)} (auto: cudnn on GPU in bf16)"),
+    "attention": ("attention", str, f"JAX attention kernel: {', '.join(ATTENTION_KINDS)} "
+                  "(auto: cudnn on a GPU in bf16, grouped on a CPU, else xla)"),
     "torch_compile": ("torch_compile", str, f"PyTorch: torch.compile the model and Muon's orthogonalization: "
                       f"{', '.join(TORCH_COMPILE)} (auto: wherever it works, eager with a note where it cannot)"),
     "no_divergence_guard": ("divergence_guard", OFF, "do not stop a run whose loss stays at ln(vocab) or whose "
