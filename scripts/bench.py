@@ -30,7 +30,7 @@ DEFAULTS = {"steps": (30, 3, 10), "warmup": (None, 1, 1), "repeats": (2, 1, 2), 
 
 
 def parser() -> argparse.ArgumentParser:
-    from jax_nano.bench.bench import LEVERS
+    from jax_nano.bench.bench import CPU_LEVERS, LEVERS
 
     levers = "\n".join(f"  {lever.name}: {lever.about}" for lever in LEVERS)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter,
@@ -50,7 +50,7 @@ def parser() -> argparse.ArgumentParser:
                         "levers-only run)")
     p.add_argument("--levers", default=None,
                    help="comma-separated lever names, 'all' (default; CPU race: none), 'cpu' (the CPU levers:\n"
-                        "ortho-bfloat16, cpu-onednn, cpu-xnnpack, loss-chunk-2048) or 'none'")
+                        f"{', '.join(CPU_LEVERS)}) or 'none'")
     p.add_argument("--split-steps", type=int, default=None, metavar="N",
                    help="time N steps of each form and case in two halves, forward+backward and optimizer\n"
                         "(default 0; CPU race 3)")

@@ -81,8 +81,8 @@ LEVERS = (
     # The same steps as a token track (the step cap still stops it): what the per-step target check costs.
     Lever("no-target-check", "no per-step target check (the loss track's steps as a token track)",
           {"target_loss": None, "target_tokens": 10**15}),
-    Lever("attention-xla", "XLA's attention instead of the default (auto: cuDNN's fused kernel on a GPU in bf16)",
-          {"attention": "xla"}),
+    Lever("attention-xla", "jax.nn's XLA attention instead of the default (auto: cuDNN's fused kernel on a GPU in "
+          "bf16, grouped einsums on a CPU)", {"attention": "xla"}),
     Lever("remat-dots", "activation checkpointing, matmul outputs saved", {"remat": "dots"}),
     Lever("remat-full", "activation checkpointing, everything recomputed", {"remat": "full"}),
     Lever("loss-chunk-2048", "cross-entropy over 2048 positions at a time", {"loss_chunk": 2048}),
@@ -94,7 +94,7 @@ LEVERS = (
     Lever("cpu-onednn", "XLA's CPU matmuls through oneDNN", env={"XLA_FLAGS": "--xla_cpu_use_onednn=true"}),
     Lever("cpu-xnnpack", "XLA's CPU matmuls through XNNPACK", env={"XLA_FLAGS": "--xla_cpu_use_xnnpack=true"}),
 )
-CPU_LEVERS = ("ortho-bfloat16", "cpu-onednn", "cpu-xnnpack", "loss-chunk-2048")
+CPU_LEVERS = ("attention-xla", "ortho-bfloat16", "cpu-onednn", "cpu-xnnpack", "loss-chunk-2048")
 LEVER_NAMES = tuple(lever.name for lever in LEVERS)
 
 SMOKE_MODEL, SMOKE_SEQ_LEN = "tiny", 64
