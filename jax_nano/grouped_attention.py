@@ -2,9 +2,10 @@
 
 jax.nn.dot_product_attention (XLA) keeps the (batch, positions, heads, head) layout, and with grouped queries its
 key and value gradients are dots over two axes at once (a group's query heads and the positions). Here every dot
-is a matmul batched over (batch, kv head) with one contracting axis: the 88M step's forward+backward took 1/1.10
-of jax.nn's time on a 2-core CPU (PERFORMANCE.md). The softmax runs in float32 as jax.nn's does, and the values
-agree with it to float32 rounding (tests/test_model_levers.py).
+is a matmul batched over (batch, kv head) with one contracting axis: the 88M model's forward+backward took 1/1.10
+of jax.nn's time on a 2-core CPU (its whole train step, of which attention is less, 1/1.02, within that
+machine's noise: PERFORMANCE.md). The softmax runs in float32 as jax.nn's does, and the values agree with it to
+float32 rounding (tests/test_model_levers.py).
 """
 
 import jax
