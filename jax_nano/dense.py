@@ -9,13 +9,19 @@ with the same gradients to float32 rounding.
 from flax import nnx
 
 
+def over_rows(f, x):
+    """f, a map (rows, I) -> (rows, O), applied to x (..., I) with its leading axes merged: (..., O)."""
+    y = f(x.reshape(-1, x.shape[-1]))
+    return y.reshape(*x.shape[:-1], y.shape[-1])
+
+
 def rows_matmul(x, w_IO):
     """x (..., I) @ w_IO (I, O) -> (..., O)."""
-    return (x.reshape(-1, x.shape[-1]) @ w_IO).reshape(*x.shape[:-1], w_IO.shape[-1])
+    return over_rows(lambda x_RI: x_RI @ w_IO, x)
 
 
 class Linear(nnx.Linear):
     """nnx.Linear (the same parameters and casts) over rows."""
 
     def __call__(self, x):
-        return super().__call__(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], self.out_features)
+        return over_rows(super().__call__, x)
