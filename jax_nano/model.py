@@ -148,10 +148,9 @@ def attention_kernel(cfg: ModelConfig) -> str:
     (jax_nano/grouped_attention.py); jax.nn's XLA path covers the rest."""
     if cfg.attention != "auto":
         return cfg.attention
-    platform = target_platform()
-    if platform == "cpu":
+    if target_platform() == "cpu":
         return "grouped"
-    return "cudnn" if platform == "gpu" and cfg.compute_dtype != "float32" else "xla"
+    return "cudnn" if target_platform() == "gpu" and cfg.compute_dtype != "float32" else "xla"
 
 
 def check_attention_backend(cfg: ModelConfig) -> None:
