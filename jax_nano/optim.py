@@ -17,8 +17,11 @@ from configs.optim import OptimConfig, lr_factor, ortho_coefficients, ortho_dtyp
 from jax_nano.model import target_platform
 from jax_nano.variants import muon_drop
 
+# Blocks a side for the Gram matrices on a CPU (see `muon`): 4 was no faster than 2 on the 88M's matrices.
+CPU_GRAM_BLOCKS = 2
+
 __all__ = ["clip_by_global_norm_torch", "lr_factor", "lr_schedule", "make_optimizer", "muon", "orthogonalize",
-           "param_label", "param_labels"]
+           "param_label", "param_labels", "symmetric_gram"]
 
 # ---------------------------------------------------------------------------------------------------------------
 # Learning-rate factor: lr_factor lives in configs.optim, shared with the torch twin.
@@ -44,14 +47,31 @@ def _mul(x, s: float):
     return (x.astype(jnp.float32) * s).astype(x.dtype)
 
 
-def orthogonalize(g_RC, method: str = "polar-express", steps: int = 5, dtype="bfloat16"):
+def symmetric_gram(x, tall: bool, blocks: int = 1, precision=None):
+    """x^T x (tall) or x x^T (wide) over the last two axes, the short side's Gram matrix. With `blocks` > 1 the
+    short side is cut into that many parts and only the products on and above the diagonal are multiplied out,
+    the rest being their transposes: (blocks + 1) / (2 * blocks) of the FLOPs. Each element is still one whole
+    dot product over the long side, so the values are the whole product's to float32 rounding
+    (parity_tests/test_optim_parity.py)."""
+    parts = jnp.array_split(x, blocks, axis=-1 if tall else -2)
+    spec = "...ki,...kj->...ij" if tall else "...ik,...jk->...ij"
+    upper = {(i, j): jnp.einsum(spec, parts[i], parts[j], precision=precision)
+             for i in range(blocks) for j in range(i, blocks)}
+    rows = [[upper[i, j] if i <= j else jnp.swapaxes(upper[j, i], -1, -2) for j in range(blocks)]
+            for i in range(blocks)]
+    return jnp.block(rows)
+
+
+def orthogonalize(g_RC, method: str = "polar-express", steps: int = 5, dtype="bfloat16",
+                  gram_blocks: int = 1):
     """Upstream's orthogonalize on (..., rows, cols) matrices, batched over leading axes. Returns the result in
     the iteration dtype, like upstream.
 
     Upstream transposes a tall matrix, iterates on the wide one and transposes back. The polar factor of a
     transpose is the transpose of the polar factor, so here the Gram matrix is taken on the short side of the
     matrix as it lies and nothing is transposed: the same products, and Flax's (in, out) kernels are taken as
-    they are (XLA folds most transposes into its dots anyway: no measurable time changed, PERFORMANCE.md)."""
+    they are (XLA folds most transposes into its dots anyway: no measurable time changed, PERFORMANCE.md).
+    `gram_blocks`: see `symmetric_gram`; the iterates are the same whatever it is."""
     dtype = jnp.dtype(dtype)
     # float32 parity runs must not fall to TF32/bf16 passes on GPU; torch's default fp32 matmul is full precision.
     precision = jax.lax.Precision.HIGHEST if dtype == jnp.float32 else None
@@ -61,10 +81,10 @@ def orthogonalize(g_RC, method: str = "polar-express", steps: int = 5, dtype="bf
     norm = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=(-2, -1), keepdims=True)).astype(dtype)
     safety = 1.01 if method == "polar-express" else 1.0
     x = x / (_mul(norm, safety).astype(jnp.float32) + 1e-7).astype(dtype)
-    gram = "...ki,...kj->...ij" if tall else "...ik,...jk->...ij"
     for a, b, c in ortho_coefficients(method, steps):
-        a_SS = jnp.einsum(gram, x, x, precision=precision)
-        b_SS = _mul(a_SS, b) + _mul(jnp.matmul(a_SS, a_SS, precision=precision), c)
+        a_SS = symmetric_gram(x, tall, gram_blocks, precision)
+        # a_SS is symmetric, so its square is its Gram matrix too.
+        b_SS = _mul(a_SS, b) + _mul(symmetric_gram(a_SS, False, gram_blocks, precision), c)
         # b_SS is symmetric, so x @ b_SS on a tall matrix is the transpose of upstream's b_SS @ x on the wide one.
         bx = jnp.matmul(x, b_SS, precision=precision) if tall else jnp.matmul(b_SS, x, precision=precision)
         x = _mul(x, a) + bx
@@ -89,7 +109,7 @@ class MuonState(NamedTuple):
 
 def muon(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.95, method: str = "polar-express",
          steps: int = 5, dtype="bfloat16", whole_matrices=None, drop: float = 0.0,
-         seed: int = 0, one_at_a_time: bool = False) -> optax.GradientTransformation:
+         seed: int = 0, one_at_a_time: bool = False, gram_blocks: int = 1) -> optax.GradientTransformation:
     """Upstream Muon on Flax kernels (..., in, out): Nesterov momentum without bias correction, orthogonalized
     in torch layout, scaled by lr * sqrt(max(1, out/in)). The momentum buffer has the parameter's dtype.
     `drop` > 0: the variant muon-drop, masks drawn from `seed` (jax_nano/variants/muon_drop.py).
@@ -100,7 +120,11 @@ def muon(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.95, method: 
     `one_at_a_time`: a stacked (L, in, out) weight is orthogonalized one layer's matrix after another (a loop
     in the program, `lax.map`) instead of as one batch of L. On a CPU, XLA's batched dots ran the 88M model's
     Polar Express 12-17% slower than the same matrices one by one (PERFORMANCE.md); on an accelerator the
-    batch keeps the device full, and a sharded stack must stay a batch, orthogonalized where it lies."""
+    batch keeps the device full, and a sharded stack must stay a batch, orthogonalized where it lies.
+
+    `gram_blocks`: the Gram matrices are multiplied out in that many blocks a side, the upper ones only
+    (`symmetric_gram`). On a CPU, 2 ran the 88M model's Polar Express faster, to the same values (PERFORMANCE.md);
+    accelerators keep one whole product, which their GEMM kernels fill better."""
     ortho_coefficients(method, steps)  # fail at construction, not inside jit
     schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
 
@@ -117,9 +141,9 @@ def muon(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.95, method: 
             if whole_matrices is not None:
                 u_LIO = whole_matrices(u_LIO)
             if one_at_a_time and u_LIO.ndim > 2:
-                o_LIO = jax.lax.map(lambda u_IO: orthogonalize(u_IO, method, steps, dtype), u_LIO)
+                o_LIO = jax.lax.map(lambda u_IO: orthogonalize(u_IO, method, steps, dtype, gram_blocks), u_LIO)
             else:
-                o_LIO = orthogonalize(u_LIO, method, steps, dtype)
+                o_LIO = orthogonalize(u_LIO, method, steps, dtype, gram_blocks)
             d_in, d_out = u_LIO.shape[-2:]
             # One float32 multiply by lr*scale and one rounding, like torch's p.add_(O, alpha=-lr*scale).
             update = (o_LIO.astype(jnp.float32) * (-lr * math.sqrt(max(1.0, d_out / d_in)))).astype(u_LIO.dtype)
@@ -185,10 +209,12 @@ def make_optimizer(config: OptimConfig, total_steps: int, whole_matrices=None,
     optax.adamw computes -lr*(adam + wd*p_old), the same as torch's p *= 1-lr*wd followed by the Adam step.
     `whole_matrices`: see `muon` (None on one device). `seed`: the run's, for the muon-drop masks. The
     orthogonalization dtype "auto" is resolved for the platform the step is compiled for (`ortho_dtype_for`),
-    and so is whether Muon takes a stacked weight's matrices one at a time (on a CPU, unsharded)."""
+    and so are whether Muon takes a stacked weight's matrices one at a time (on a CPU, unsharded) and in how many
+    blocks it multiplies out a Gram matrix (`CPU_GRAM_BLOCKS` on a CPU)."""
     muon_lr = lr_schedule(config.muon_lr, config.schedule, total_steps, config.warmup_ratio)
     adamw_lr = lr_schedule(config.adamw_lr, config.schedule, total_steps, config.warmup_ratio)
     b1, b2 = config.adam_betas
+    cpu = target_platform() == "cpu"
     return optax.chain(
         clip_by_global_norm_torch(config.grad_clip),
         optax.partition(
@@ -196,7 +222,7 @@ def make_optimizer(config: OptimConfig, total_steps: int, whole_matrices=None,
                 "muon": muon(muon_lr, config.muon_momentum, config.orthogonalizer, config.ortho_steps,
                              ortho_dtype_for(config.ortho_dtype, target_platform()), whole_matrices,
                              config.muon_drop, seed,
-                             one_at_a_time=target_platform() == "cpu" and whole_matrices is None),
+                             one_at_a_time=cpu and whole_matrices is None, gram_blocks=CPU_GRAM_BLOCKS if cpu else 1),
                 "adamw": optax.adamw(adamw_lr, b1=b1, b2=b2, eps=config.adam_eps, weight_decay=config.weight_decay),
             },
             param_labels,
