@@ -220,16 +220,23 @@ def split_lines(split: dict | None, labels: dict) -> list[str]:
     if not split:
         return []
     lines = ["", "Where a step goes: forward+backward and the optimizer step timed apart (median of a few steps, "
-             "each part synchronised; one process per form after the timed runs).", "",
-             "| form | whole step | forward+backward | optimizer | optimizer share |", "|---|---|---|---|---|"]
+             "each part synchronised; one process per form after the timed runs). GFLOP/s: the model's training "
+             "FLOPs (the MFU formula's) over the forward+backward, Muon's orthogonalization FLOPs as upstream "
+             "multiplies them out over the whole optimizer step, the same counts for every form.", "",
+             "| form | whole step | forward+backward | optimizer | optimizer share | forward+backward GFLOP/s | "
+             "optimizer GFLOP/s (Muon) |", "|---|---|---|---|---|---|---|"]
     for form, part in split.items():
         if "error" in part or "skipped" in part:
             why = f"failed: {part['error']}" if "error" in part else f"skipped: {part['skipped']}"
-            lines.append(f"| {labels.get(form, form)} | {why} | | | |")
+            lines.append(f"| {labels.get(form, form)} | {why} | | | | | |")
             continue
         total = part["fwd_bwd_s"] + part["optimizer_s"]
+        flops = part.get("flops") or {}
+        rates = [f"{flops[key] / part[half] / 1e9:,.1f}" if flops.get(key) and part[half] > 0 else "n/a"
+                 for key, half in (("fwd_bwd", "fwd_bwd_s"), ("ortho", "optimizer_s"))]
         lines.append(f"| {labels.get(form, form)} | {part['step_s'] * 1e3:,.0f} ms | {part['fwd_bwd_s'] * 1e3:,.0f} ms"
-                     f" | {part['optimizer_s'] * 1e3:,.0f} ms | {part['optimizer_s'] / total:.0%} |")
+                     f" | {part['optimizer_s'] * 1e3:,.0f} ms | {part['optimizer_s'] / total:.0%} | "
+                     + " | ".join(rates) + " |")
     return lines
 
 

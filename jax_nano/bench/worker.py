@@ -33,6 +33,7 @@ from pathlib import Path
 from configs.errors import UserError
 from jax_nano import xla_flags
 from jax_nano.core.device import backend_of
+from jax_nano.core.report import flops_per_token, ortho_flops_per_step
 from jax_nano.core.split_timing import WARM_BATCHES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -115,7 +116,10 @@ def split_job(job: dict) -> dict:
     trainer.setup(batches[:1], None)
     times = importlib.import_module(SPLITS[track.framework]).split_times(trainer, batches[1:])
     trainer.close()
-    return {**times, "framework": track.framework, "compile": trainer.facts().get("compile")}
+    # What each half computes, for its FLOP rate: the model's training FLOPs (the MFU formula's) and Muon's.
+    flops = {"fwd_bwd": flops_per_token(trainer.cfg, track.seq_len) * track.batch_size * track.seq_len,
+             "ortho": ortho_flops_per_step(trainer.cfg, track.optim.ortho_steps)}
+    return {**times, "flops": flops, "framework": track.framework, "compile": trainer.facts().get("compile")}
 
 
 def run_job(job: dict) -> dict:

@@ -76,6 +76,23 @@ def flops_per_token(cfg, seq_len: int) -> int:
     return 6 * n_matmul_params(cfg) + 6 * cfg.n_layers * seq_len * cfg.d_model
 
 
+def ortho_matrices(cfg) -> list[tuple[int, int]]:
+    """The (in, out) shape of every matrix Muon orthogonalizes in a step: each block's attention projections (q, k,
+    v and o, or their one fused matrix, which upstream's Muon takes whole) and its MLP's matrices."""
+    d = cfg.d_model
+    attention = ([(d, 2 * d + 2 * cfg.kv_dim)] if cfg.fused_qkvo
+                 else [(d, d), (d, cfg.kv_dim), (d, cfg.kv_dim), (d, d)])
+    mlp = [(d, cfg.d_ff)] * (2 if cfg.mlp == "swiglu" else 1) + [(cfg.d_ff, d)]
+    return (attention + mlp) * cfg.n_layers
+
+
+def ortho_flops_per_step(cfg, steps: int) -> int:
+    """Muon's orthogonalization FLOPs in one optimizer step, whatever the batch, as upstream multiplies them out:
+    each of `steps` iterations on an m x n matrix (m its short side) takes the m x m Gram matrix (2 m^2 n), its
+    square (2 m^3) and their polynomial times the matrix (2 m^2 n)."""
+    return steps * sum(4 * m * m * n + 2 * m**3 for m, n in (sorted(shape) for shape in ortho_matrices(cfg)))
+
+
 def peak_flops(device_name: str) -> float | None:
     """Peak dense bf16 FLOP/s of a device from its name; None for a CPU or a device not in PEAK_BF16_FLOPS."""
     name = " ".join(device_name.upper().split())

@@ -216,7 +216,9 @@ def test_the_race_reports_compiled_and_eager_pytorch_the_split_and_the_load(tmp_
     result["load"] = load.summary()
     assert result["load"] == {"cores": 2, "before": 1.0, "during_mean": 3.5, "during_max": 3.5, "samples": 1,
                               "above_cores": True}
-    result["split"] = {"jax": {"fwd_bwd_s": 0.3, "optimizer_s": 0.1, "step_s": 0.4}, "torch": {"error": "boom"}}
+    result["split"] = {"jax": {"fwd_bwd_s": 0.3, "optimizer_s": 0.1, "step_s": 0.4,
+                               "flops": {"fwd_bwd": 6e10, "ortho": 3e10}},
+                       "torch": {"error": "boom"}, "torch-eager": {"fwd_bwd_s": 0.5, "optimizer_s": 0.5, "step_s": 1}}
     result["track_config"] = {}
     md = compare_report.render_markdown(result)
     assert ("| metric | JAX | PyTorch (compiled) | PyTorch eager | JAX / PyTorch (compiled) | JAX / PyTorch eager |"
@@ -224,7 +226,8 @@ def test_the_race_reports_compiled_and_eager_pytorch_the_split_and_the_load(tmp_
     row = md.split("| tokens/s |")[1].split("\n")[0]
     assert row.endswith(f"| {jax_rate * 12:.3f} | {jax_rate * 20:.3f} |")
     assert "WARNING: other work shared the 2 cores" in md and "1.00 before the runs" in md
-    assert "| JAX | 400 ms | 300 ms | 100 ms | 25% |" in md and "| PyTorch (compiled) | failed: boom |" in md
+    assert "| JAX | 400 ms | 300 ms | 100 ms | 25% | 200.0 | 300.0 |" in md
+    assert "| PyTorch (compiled) | failed: boom |" in md and "| 1,000 ms | 500 ms | 500 ms | 50% | n/a | n/a |" in md
     assert "**measured** matmul peak of this device (150 GFLOP/s" in md
     assert "| 2 | PyTorch (compiled) |" in md and "| 3 | PyTorch eager |" in md
     assert compare.forms_for(get_track("smoke")) == ("jax", "torch", "torch-eager")

@@ -68,6 +68,18 @@ def test_n_matmul_params_matches_spec():
     assert n_matmul_params(fused) == 150_994_944
 
 
+def test_ortho_flops_by_hand():
+    """Each Polar Express iteration on an m x n matrix, m <= n: 4 m^2 n + 2 m^3 FLOPs (two products with the matrix,
+    the Gram matrix's square)."""
+    tiny = get_model_config("tiny").replace(d_model=4, n_heads=2, n_kv_heads=1, d_ff=8, n_layers=1, mlp="relu2")
+    # q and o 4 x 4: 384 each; k and v 4 x 2: 80 each; up 4 x 8 and down 8 x 4: 640 each.
+    assert report.ortho_flops_per_step(tiny, 5) == 5 * (2 * 384 + 2 * 80 + 2 * 640)
+    # fused: one 4 x 12 matrix, 4 * 16 * 12 + 2 * 64 = 896, in place of the four projections.
+    assert report.ortho_flops_per_step(tiny.replace(fused_qkvo=True), 1) == 896 + 2 * 640
+    assert report.ortho_flops_per_step(tiny.replace(mlp="swiglu"), 1) == 2208 + 640
+    assert report.ortho_flops_per_step(get_model_config("blueberry-88m"), 5) == 745_579_479_040
+
+
 def test_flops_and_mfu_arithmetic():
     cfg = get_model_config("blueberry-88m")
     per_token = 6 * 88_604_672 + 6 * 22 * 2048 * 512
