@@ -123,7 +123,7 @@ def muon(learning_rate: optax.ScalarOrSchedule, momentum: float = 0.95, method: 
     batch keeps the device full, and a sharded stack must stay a batch, orthogonalized where it lies.
 
     `gram_blocks`: the Gram matrices are multiplied out in that many blocks a side, the upper ones only
-    (`symmetric_gram`). On a CPU, 2 ran the 88M model's Polar Express faster, to the same values (PERFORMANCE.md);
+    (`symmetric_gram`). On a CPU, 2 ran the 88M model's Polar Express faster, to float32 rounding (PERFORMANCE.md);
     accelerators keep one whole product, which their GEMM kernels fill better."""
     ortho_coefficients(method, steps)  # fail at construction, not inside jit
     schedule = learning_rate if callable(learning_rate) else (lambda count: learning_rate)
@@ -214,13 +214,14 @@ def make_optimizer(config: OptimConfig, total_steps: int, whole_matrices=None,
     muon_lr = lr_schedule(config.muon_lr, config.schedule, total_steps, config.warmup_ratio)
     adamw_lr = lr_schedule(config.adamw_lr, config.schedule, total_steps, config.warmup_ratio)
     b1, b2 = config.adam_betas
-    cpu = target_platform() == "cpu"
+    platform = target_platform()
+    cpu = platform == "cpu"
     return optax.chain(
         clip_by_global_norm_torch(config.grad_clip),
         optax.partition(
             {
                 "muon": muon(muon_lr, config.muon_momentum, config.orthogonalizer, config.ortho_steps,
-                             ortho_dtype_for(config.ortho_dtype, target_platform()), whole_matrices,
+                             ortho_dtype_for(config.ortho_dtype, platform), whole_matrices,
                              config.muon_drop, seed,
                              one_at_a_time=cpu and whole_matrices is None, gram_blocks=CPU_GRAM_BLOCKS if cpu else 1),
                 "adamw": optax.adamw(adamw_lr, b1=b1, b2=b2, eps=config.adam_eps, weight_decay=config.weight_decay),

@@ -61,24 +61,10 @@ def parse_duration(text: str) -> float:
     return total_ms / 1000
 
 
-def n_matmul_params(cfg) -> int:
-    """All matrix parameters including the tied embedding/head (SPEC section 5); norms and biases excluded.
-
-    The fused QKVO matrix holds exactly the four separate projections, so fused_qkvo does not change the count.
-    """
-    attention = cfg.d_model * (2 * cfg.d_model + 2 * cfg.kv_dim)  # q and o are d x d, k and v are d x kv_dim
-    mlp = (3 if cfg.mlp == "swiglu" else 2) * cfg.d_model * cfg.d_ff  # swiglu: gate, up, down; relu2: up, down
-    return cfg.n_layers * (attention + mlp) + cfg.vocab_size * cfg.d_model
-
-
-def flops_per_token(cfg, seq_len: int) -> int:
-    """Training FLOPs per token: 6 per matrix parameter plus causal attention counted at half (SPEC section 5)."""
-    return 6 * n_matmul_params(cfg) + 6 * cfg.n_layers * seq_len * cfg.d_model
-
-
-def ortho_matrices(cfg) -> list[tuple[int, int]]:
-    """The (in, out) shape of every matrix Muon orthogonalizes in a step: each block's attention projections (q, k,
-    v and o, or their one fused matrix, which upstream's Muon takes whole) and its MLP's matrices."""
+def block_matrices(cfg) -> list[tuple[int, int]]:
+    """The (in, out) shape of every matrix of every block, the matrices Muon orthogonalizes: the attention
+    projections (q and o d x d, k and v d x kv_dim, or their one fused matrix, which upstream's Muon takes whole)
+    and the MLP's (swiglu: gate, up, down; relu2: up, down)."""
     d = cfg.d_model
     attention = ([(d, 2 * d + 2 * cfg.kv_dim)] if cfg.fused_qkvo
                  else [(d, d), (d, cfg.kv_dim), (d, cfg.kv_dim), (d, d)])
@@ -86,11 +72,24 @@ def ortho_matrices(cfg) -> list[tuple[int, int]]:
     return (attention + mlp) * cfg.n_layers
 
 
+def n_matmul_params(cfg) -> int:
+    """All matrix parameters including the tied embedding/head (SPEC section 5); norms and biases excluded.
+
+    The fused QKVO matrix holds exactly the four separate projections, so fused_qkvo does not change the count.
+    """
+    return sum(d_in * d_out for d_in, d_out in block_matrices(cfg)) + cfg.vocab_size * cfg.d_model
+
+
+def flops_per_token(cfg, seq_len: int) -> int:
+    """Training FLOPs per token: 6 per matrix parameter plus causal attention counted at half (SPEC section 5)."""
+    return 6 * n_matmul_params(cfg) + 6 * cfg.n_layers * seq_len * cfg.d_model
+
+
 def ortho_flops_per_step(cfg, steps: int) -> int:
     """Muon's orthogonalization FLOPs in one optimizer step, whatever the batch, as upstream multiplies them out:
     each of `steps` iterations on an m x n matrix (m its short side) takes the m x m Gram matrix (2 m^2 n), its
     square (2 m^3) and their polynomial times the matrix (2 m^2 n)."""
-    return steps * sum(4 * m * m * n + 2 * m**3 for m, n in (sorted(shape) for shape in ortho_matrices(cfg)))
+    return steps * sum(4 * m * m * n + 2 * m**3 for m, n in (sorted(shape) for shape in block_matrices(cfg)))
 
 
 def peak_flops(device_name: str) -> float | None:
